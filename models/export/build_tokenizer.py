@@ -36,6 +36,7 @@ import html.entities
 import importlib.util
 import json
 import sys
+import unicodedata
 from collections import OrderedDict
 from pathlib import Path
 
@@ -60,11 +61,13 @@ CLIP_SPLIT_REGEX = (
 )
 
 # HTML character references decoded by the normalizer. ftfy and html.unescape know all 2231 HTML5
-# names and every numeric reference; one Replace rule per output character is needed, so the set
-# is bounded to keep normalisation cheap: the HTML 4.01 names (+ &apos;) in any case ftfy accepts,
-# and numeric references to tab/LF/CR, printable ASCII, C1/Latin-1 and the HTML 4.01 targets.
+# names and every numeric reference, but each distinct output character costs one Replace pass over
+# every input, so the set is bounded: the HTML 4.01 names (+ &apos;) in every case ftfy accepts, and
+# numeric references to U+0000..U+00FF and to the HTML 4.01 characters.
+NAMED_REFERENCES = frozenset(html.entities.name2codepoint) | {"apos"}
+NUMERIC_REFERENCES = frozenset([*range(0x100), *html.entities.name2codepoint.values()])
+# Special-token literals typed after punctuation are broken up this many times (see below).
 SPECIAL_CHAIN = 3
-NAMED_REFERENCE_SET = sorted(set(html.entities.name2codepoint) | {"apos"})
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -97,7 +100,8 @@ def find_open_clip_bpe() -> Path:
 
 def load_vocab_and_merges(bpe_path: Path) -> tuple[list[str], list[tuple[str, str]]]:
     """Vocabulary (index = id) and merges (index = rank) exactly as SimpleTokenizer builds them."""
-    lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")
+    with gzip.open(bpe_path) as f:
+        lines = f.read().decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1 : NUM_MERGES + 1]]
     if len(merges) != NUM_MERGES or any(len(m) != 2 for m in merges):
         raise SystemExit(f"{bpe_path}: unexpected merges layout")
@@ -124,6 +128,7 @@ def rx_char(c: str) -> str:
 
 
 def rx_literal(s: str) -> str:
+    """A literal string."""
     return "".join(rx_char(c) for c in s)
 
 
@@ -146,6 +151,7 @@ def rx_either_case(s: str) -> str:
 
 
 def replace(pattern: str, content: str) -> dict:
+    """A ``Replace`` normalizer step (regex pattern, fixed replacement)."""
     return OrderedDict(type="Replace", pattern={"Regex": pattern}, content=content)
 
 
@@ -167,75 +173,124 @@ def char_rules(mapping: dict[str, str]) -> list[dict]:
     return [replace(rx_class(srcs), out) for out, srcs in group_by_output(mapping).items()]
 
 
+def ftfy_char_fixes(text: str) -> str:
+    """ftfy's character-level fixes, in fix_text's order, repeated until stable like fix_text."""
+    from ftfy import fixes
+
+    while True:
+        fixed = text
+        for fix in (fixes.fix_c1_controls, fixes.fix_latin_ligatures, fixes.fix_character_width,
+                    fixes.uncurl_quotes, fixes.remove_control_chars):
+            fixed = fix(fixed)
+        if fixed == text:
+            return fixed
+        text = fixed
+
+
 # ---------------------------------------------------------------------------------------------
 # HTML character references.
 # ---------------------------------------------------------------------------------------------
 
 
-def numeric_reference_codepoints() -> list[int]:
-    targets = {9, 10, 13}
-    targets.update(range(0x20, 0x7F))
-    targets.update(range(0x80, 0x100))
-    targets.update(html.entities.name2codepoint.values())
-    return sorted(targets)
+def final_form(text: str) -> str:
+    """What the rest of the pipeline would make of a decoded reference on its own.
 
-
-def numeric_reference_regex(cp: int, semicolon: bool) -> str:
-    """What follows "&" in ``&#<dec>;`` / ``&#x<hex>;`` for one code point, leading zeros allowed.
-
-    Without the semicolon html.unescape consumes the longest digit run, hence the look-aheads.
+    Emitting this directly lets references that end up the same share one Replace rule: whitespace
+    becomes " " (the collapse would do it) and letters are lower-cased (Lowercase would), except Σ
+    whose lower case depends on its neighbours.
     """
-    dec = "0*%d" % cp
-    hexa = "[xX]0*" + rx_either_case("%x" % cp)
-    if semicolon:
-        return r"\x{23}(?:%s|%s)\x{3B}" % (dec, hexa)
-    return r"\x{23}(?:%s(?![0-9])|%s(?![0-9a-fA-F]))" % (dec, hexa)
+    if text.isspace():
+        return " "
+    return text if "\u03a3" in text else text.lower()
 
 
-def reference_rule(alternatives: list[str], out: str) -> dict:
-    """Replace "&" + any of ``alternatives`` (regexes for what follows the "&") by ``out``."""
-    return replace(r"\x{26}(?:%s)" % "|".join(alternatives), out)
+def composing_marks(chars: str) -> str | None:
+    """Class of combining marks that NFC composes with any of ``chars`` (None if there are none)."""
+    marks = [chr(m) for m in range(0x300, 0x10000) if unicodedata.combining(chr(m))
+             and any(len(unicodedata.normalize("NFC", c + chr(m))) == 1 for c in chars)]
+    return rx_class(marks) if marks else None
 
 
-def ftfy_stage_references(html_entities: dict[str, str]) -> list[dict]:
-    """References ftfy's unescape_html decodes (semicolon required).
+def semicolon_less_end(last: str, more: str = "") -> str:
+    """Look-ahead ending a reference written without ";" (``last``: its final character).
 
-    ftfy repeats its fixes until the text stops changing, so "&amp;amp;lt;" ends up as "<". The
-    "&"-producing references therefore come first, as one rule collapsing any run of them
-    ("&" followed by "amp;", "#38;"... repeated) to a single "&" that the later rules can see.
+    ``more``: characters that would extend the reference (html.unescape reads the longest digit
+    run). Also, ftfy's NFC runs before html.unescape: in "&eacute" + U+0301 the "e" becomes "é"
+    and the reference is gone, so none is decoded when a mark composing with ``last`` follows.
     """
-    wanted = {n.lower() for n in NAMED_REFERENCE_SET}
-    decoded: dict[str, str] = {}  # regex for what follows "&" -> output
+    marks = composing_marks(last.lower() + last.upper())
+    blocked = ([f"[{more}]"] if more else []) + ([r"\p{M}*" + marks] if marks else [])
+    return "(?!%s)" % "|".join(blocked) if blocked else ""
+
+
+def numeric_reference_regex(cp: int, terminator: str) -> str:
+    """What follows "&" in ``&#<dec>`` / ``&#x<hex>`` for one code point (leading zeros allowed).
+
+    ``terminator``: "required" (ftfy: ";" must follow), "absent" (html.unescape, ";" must not
+    follow) or "optional" (html.unescape: ";" consumed if present).
+    """
+    dec, hexa = "%d" % cp, "%x" % cp
+    forms = [("0*" + dec, dec[-1], "0-9"), ("[xX]0*" + rx_either_case(hexa), hexa[-1], "0-9a-fA-F")]
+    if terminator == "required":
+        return r"\x{23}(?:%s)\x{3B}" % "|".join(f for f, _, _ in forms)
+    ends = {
+        "absent": lambda last, more: r"(?!\x{3B})" + semicolon_less_end(last, more),
+        "optional": lambda last, more: r"(?:\x{3B}|%s)" % semicolon_less_end(last, more),
+    }[terminator]
+    return r"\x{23}(?:%s)" % "|".join(f + ends(last, more) for f, last, more in forms)
+
+
+def named_reference_regex(name: str, legacy: bool) -> str:
+    """What follows "&" in ``&name;`` or, for one of html.unescape's legacy names, ``&name``.
+
+    html.unescape decodes a legacy name without ";" as the longest legacy prefix of the following
+    run of characters, unless the whole run is a longer HTML5 name ("&notin;" is not "¬in;").
+    """
+    if not legacy:
+        return rx_literal(name + ";")
+    longer = sorted(
+        n[len(name):] for n in html.entities.html5 if n.endswith(";") and n.startswith(name) and n != name + ";"
+    )
+    guard = "(?!%s)" % "|".join(rx_literal(rest) for rest in longer) if longer else ""
+    end = semicolon_less_end(name[-1])
+    return r"%s%s(?:\x{3B}|%s)" % (rx_literal(name), guard, end) if end else rx_literal(name) + guard + r"\x{3B}?"
+
+
+def reference_rules(html_entities: dict[str, str]) -> list[dict]:
+    """Decode HTML character references as ftfy.fix_text + html.unescape twice would.
+
+    * ftfy's unescape_html decodes ``&name;`` and ``&#N;`` (semicolon required), then its fixes run
+      on the result, all repeated until nothing changes. So each rule emits the already-fixed
+      character ("&rsquo;" -> "'", "&#146;" -> "'"), and the rules run after the character fixes,
+      which is where a reference uncovered by a fix ("＆amp；", "&amp\ufeff;") gets decoded.
+    * html.unescape additionally decodes the 106 legacy names and numeric references without ";";
+      its output is not fixed any more, so where fixing would change it ("&#146" stays "’") the
+      semicolon-less form gets its own rule.
+    * "&" outputs come first, as one rule that collapses any run of them ("&amp;amp;", "&#38;amp;")
+      to a single "&" the later rules can see ("&amp;lt;" -> "<").
+    """
+    legacy = {n for n in html.entities.html5 if not n.endswith(";")}
+    wanted = {n.lower() for n in NAMED_REFERENCES}
+    decoded: dict[str, str] = {}  # regex for what follows "&" -> replacement
     for ref, out in html_entities.items():
-        if not ref.startswith("&#") and ref[1:-1].lower() in wanted:
-            decoded[rx_literal(ref[1:])] = out
-    for cp in numeric_reference_codepoints():
-        out = html.unescape("&#%d;" % cp)
-        if out and out != "&#%d;" % cp:
-            decoded[numeric_reference_regex(cp, semicolon=True)] = out
+        name = ref[1:-1]
+        if ref.startswith("&#") or name.lower() not in wanted:
+            continue
+        fixed = ftfy_char_fixes(out)
+        if name in legacy and html.entities.html5[name] != fixed:
+            raise SystemExit(f"&{name} would need separate ftfy / html.unescape rules")
+        decoded[named_reference_regex(name, legacy=name in legacy)] = final_form(fixed)
+    for cp in sorted(NUMERIC_REFERENCES):
+        by_ftfy = final_form(ftfy_char_fixes(html.unescape("&#%d;" % cp)))
+        by_html = final_form(html.unescape("&#%d" % cp))
+        if by_ftfy == by_html:
+            decoded[numeric_reference_regex(cp, "optional")] = by_ftfy
+        else:
+            decoded[numeric_reference_regex(cp, "required")] = by_ftfy
+            decoded[numeric_reference_regex(cp, "absent")] = by_html
     grouped = group_by_output(decoded)
     amp = replace(r"\x{26}(?:%s)+" % "|".join(grouped.pop("&")), "&")
-    return [amp] + [reference_rule(alts, out) for out, alts in grouped.items()]
-
-
-def html_unescape_stage_references() -> list[dict]:
-    """What the two html.unescape calls after ftfy still decode: semicolon-less references.
-
-    html.unescape accepts the 106 legacy names (``&amp``, ``&eacute``...) and numeric references
-    without ";". Their output is *not* passed through ftfy's fixes (e.g. "&#8217" stays a curly
-    quote) and is decoded once; the "&" rule runs last so its output is not decoded again.
-    """
-    decoded: dict[str, str] = {}
-    for name, out in html.entities.html5.items():
-        if not name.endswith(";"):
-            decoded[rx_literal(name)] = out
-    for cp in numeric_reference_codepoints():
-        out = html.unescape("&#%d" % cp)
-        if out and out != "&#%d" % cp:
-            decoded[numeric_reference_regex(cp, semicolon=False)] = out
-    grouped = group_by_output(decoded)
-    amp = grouped.pop("&")
-    return [reference_rule(alts, out) for out, alts in grouped.items()] + [reference_rule(amp, "&")]
+    return [amp] + [replace(r"\x{26}(?:%s)" % "|".join(alts), out) for out, alts in grouped.items()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,11 +321,10 @@ def build_normalizer() -> dict:
 
     steps: list[dict] = []
 
-    # --- ftfy.fix_text, in ftfy's own order -----------------------------------------------
-    # unescape_html (HTML 4.01 names + numeric references, semicolon required)
-    steps += ftfy_stage_references(chardata.HTML_ENTITIES)
-    # fix_c1_controls: C1 controls U+0080..U+009F read as Windows-1252
-    c1 = {chr(b): bytes([b]).decode("sloppy-windows-1252") for b in range(0x80, 0xA0)}
+    # --- ftfy.fix_text, in ftfy's own order (unescape_html moved last, see below) ------------
+    # fix_c1_controls: C1 controls U+0080..U+009F read as Windows-1252, emitted already uncurled
+    # (\x93 -> '"') like the references below, so that equal results share a rule
+    c1 = {chr(b): ftfy_char_fixes(chr(b)) for b in range(0x80, 0xA0)}
     steps += char_rules({k: v for k, v in c1.items() if k != v})
     # fix_latin_ligatures
     steps += char_rules({chr(k): v for k, v in chardata.LIGATURES.items()})
@@ -285,11 +339,10 @@ def build_normalizer() -> dict:
     steps.append(replace(r"\x{1B}\[[\p{Nd};]*[a-zA-Z]", ""))
     # remove_control_chars
     steps.append(replace(rx_class(chr(c) for c in chardata.CONTROL_CHARS), ""))
+    # unescape_html, and what html.unescape(html.unescape(...)) adds (see reference_rules)
+    steps += reference_rules(chardata.HTML_ENTITIES)
     # normalization="NFC"
     steps.append({"type": "NFC"})
-
-    # --- html.unescape(html.unescape(...)) ---------------------------------------------------
-    steps += html_unescape_stage_references()
 
     # --- strip + " ".join(text.split()) -------------------------------------------------------
     # str.split() splits on str.isspace() characters, which include U+001C..U+001F and are
@@ -315,18 +368,24 @@ def build_normalizer() -> dict:
     return {"type": "Sequence", "normalizers": steps}
 
 
+def special_token(content: str, token_id: int) -> dict:
+    # normalized=True: matched in the normalized (lower-cased) text, where open_clip matches them.
+    return OrderedDict(id=token_id, content=content, single_word=False, lstrip=False, rstrip=False,
+                       normalized=True, special=True)
+
+
+def template_token(content: str) -> dict:
+    return {"SpecialToken": {"id": content, "type_id": 0}}
+
+
 def build_tokenizer(bpe_path: Path) -> dict:
+    """The complete tokenizer.json document."""
     vocab, merges = load_vocab_and_merges(bpe_path)
     ids = {tok: i for i, tok in enumerate(vocab)}
     sot_id, eot_id = ids[SOT], ids[EOT]
-    assert (sot_id, eot_id) == (49406, 49407), (sot_id, eot_id)
+    if (sot_id, eot_id) != (49406, 49407):
+        raise SystemExit(f"unexpected special token ids {sot_id}, {eot_id}")
 
-    special = lambda tok, i: OrderedDict(  # noqa: E731
-        id=i, content=tok, single_word=False, lstrip=False, rstrip=False,
-        # matched after normalisation, like open_clip which matches them in the lower-cased text
-        normalized=True, special=True,
-    )
-    template_token = lambda tok: {"SpecialToken": {"id": tok, "type_id": 0}}  # noqa: E731
     return OrderedDict(
         version="1.0",
         truncation=OrderedDict(direction="Right", max_length=CONTEXT_LENGTH, strategy="LongestFirst", stride=0),
@@ -334,7 +393,7 @@ def build_tokenizer(bpe_path: Path) -> dict:
             strategy={"Fixed": CONTEXT_LENGTH}, direction="Right", pad_to_multiple_of=None,
             pad_id=PAD_ID, pad_type_id=0, pad_token=vocab[PAD_ID],
         ),
-        added_tokens=[special(SOT, sot_id), special(EOT, eot_id)],
+        added_tokens=[special_token(SOT, sot_id), special_token(EOT, eot_id)],
         normalizer=build_normalizer(),
         pre_tokenizer=OrderedDict(
             type="Sequence",
@@ -355,13 +414,13 @@ def build_tokenizer(bpe_path: Path) -> dict:
                 EOT: {"id": EOT, "ids": [eot_id], "tokens": [EOT]},
             },
         ),
-        # bytes -> text, then "</w>" -> " " as SimpleTokenizer.decode does (minus its trailing space)
+        # SimpleTokenizer.decode: bytes -> text, then every "</w>" -> " " (trailing space included).
+        # No Strip decoder: tokenizers 0.22's panics on an empty decode.
         decoder=OrderedDict(
             type="Sequence",
             decoders=[
                 OrderedDict(type="ByteLevel", add_prefix_space=False, trim_offsets=True, use_regex=False),
                 OrderedDict(type="Replace", pattern={"String": "</w>"}, content=" "),
-                OrderedDict(type="Strip", content=" ", start=0, stop=1),
             ],
         ),
         model=OrderedDict(
@@ -372,34 +431,32 @@ def build_tokenizer(bpe_path: Path) -> dict:
     )
 
 
+# Containers written one entry per line: the 49k-entry vocab and merges stay compact and diffable,
+# and each normalizer step is one line (ASCII-escaped, so invisible characters show).
+ONE_ENTRY_PER_LINE = {("model", "vocab"): False, ("model", "merges"): False, ("normalizer", "normalizers"): True}
+
+
 def dumps(tokenizer: dict) -> str:
-    """Stable JSON: small sections indented, one vocab entry / merge per line (diffable, compact)."""
-    dump = lambda v: json.dumps(v, ensure_ascii=False)  # noqa: E731
-    out = ["{"]
-    keys = list(tokenizer)
-    for k in keys:
-        v = tokenizer[k]
-        sep = "," if k != keys[-1] else ""
-        if k != "model":
-            body = json.dumps(v, ensure_ascii=False, indent=2).replace("\n", "\n  ")
-            out.append(f"  {dump(k)}: {body}{sep}")
-            continue
-        out.append('  "model": {')
-        for mk, mv in v.items():
-            if mk == "vocab":
-                out.append('    "vocab": {')
-                items = list(mv.items())
-                out += [f"      {dump(t)}: {i}{',' if n + 1 < len(items) else ''}" for n, (t, i) in enumerate(items)]
-                out.append("    },")
-            elif mk == "merges":
-                out.append('    "merges": [')
-                out += [f"      {dump(m)}{',' if n + 1 < len(mv) else ''}" for n, m in enumerate(mv)]
-                out.append("    ]")
-            else:
-                out.append(f"    {dump(mk)}: {dump(mv)},")
-        out.append("  }" + sep)
-    out.append("}")
-    return "\n".join(out) + "\n"
+    """Stable, reviewable JSON (same input -> same bytes)."""
+
+    def fmt(value, path: tuple, depth: int) -> str:
+        pad, end = "  " * (depth + 1), "  " * depth
+        if path in ONE_ENTRY_PER_LINE:
+            def compact(v) -> str:
+                return json.dumps(v, ensure_ascii=ONE_ENTRY_PER_LINE[path])
+
+            if isinstance(value, dict):
+                items = [f"{pad}{compact(k)}: {compact(v)}" for k, v in value.items()]
+                return "{\n" + ",\n".join(items) + "\n" + end + "}"
+            return "[\n" + ",\n".join(pad + compact(v) for v in value) + "\n" + end + "]"
+        if isinstance(value, dict) and value:
+            items = [f"{pad}{json.dumps(k)}: {fmt(v, path + (k,), depth + 1)}" for k, v in value.items()]
+            return "{\n" + ",\n".join(items) + "\n" + end + "}"
+        if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+            return "[\n" + ",\n".join(pad + fmt(v, path, depth + 1) for v in value) + "\n" + end + "]"
+        return json.dumps(value, ensure_ascii=False)
+
+    return fmt(tokenizer, (), 0) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,7 +42,7 @@ from PIL import Image, ImageChops, ImageDraw, ImageEnhance, ImageFilter, ImageFo
 # Classes
 # --------------------------------------------------------------------------------------
 
-#: Domain -> noun used in prompts ("a photo of a {name}, a kind of {noun}.").
+#: Domain -> noun used in prompts ("a photo of a {name}, a type of {noun}.").
 DOMAIN_NOUN = {
     "shape": "shape",
     "digit": "handwritten digit",
@@ -110,7 +110,7 @@ def prompt(cls_index: int) -> str:
 #: Camera-shift severity of the benchmark test split. The knob for how hard the shift is:
 #: raise it to push a model's test accuracy down (the effect is monotone), lower it to
 #: ease it. 1.0 is a strong but still recognisable camera.
-TEST_SEVERITY = 1.0
+TEST_SEVERITY = 0.6
 #: Validation split: same kind of shift, milder, for choosing hyperparameters.
 VAL_SEVERITY = 0.4
 #: The support pool is clean (like the training corpus): support images are "catalogue"

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Write ``tests/fixtures/tokenizer_golden.json``: open_clip's own token ids for a fixed set of texts.
 
-The fixture is the reference the exported ``tokenizer.json`` is held to (by
-``models/tests/test_tokenizer.py``, which needs neither torch nor open_clip, and by the Rust tests).
+The fixture is the reference the exported ``tokenizer.json`` is held to by
+``models/tests/test_tokenizer.py``, which needs neither torch nor open_clip.
 Ids come from ``open_clip.tokenize`` (the padded 77-long row) and ``SimpleTokenizer.encode``
 (the unpadded, untruncated ``[SOT] tokens [EOT]``), so the fixture records what open_clip does, not
 what the exported file does.
@@ -23,7 +23,6 @@ Usage: python models/export/make_tokenizer_golden.py [--tokenizer PATH] [--out P
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import json
 import platform
@@ -177,13 +176,20 @@ DIVERGENCES = [
 ]
 
 
+def imagenet_sample() -> list[str]:
+    """Every 20th ImageNet class name as open_clip spells them (apostrophes, hyphens, capitals)."""
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    return list(IMAGENET_CLASSNAMES[::20])
+
+
 def cases() -> list[tuple[str, str]]:
     """(category, text) pairs in a fixed order; duplicates dropped, first occurrence kept."""
+    names = ANIMALS + DOG_BREEDS + FOODS + OBJECTS + SHAPES + TEXTURES + SCENES
     groups: list[tuple[str, list[str]]] = [
         ("animal", ANIMALS), ("dog_breed", DOG_BREEDS), ("food", FOODS), ("object", OBJECTS),
-        ("shape", SHAPES), ("texture", TEXTURES), ("scene", SCENES),
-        ("prompt", [t.format(c) for i, t in enumerate(TEMPLATES)
-                    for c in (ANIMALS + DOG_BREEDS + FOODS + OBJECTS + SHAPES + TEXTURES)[i * 7::97]]),
+        ("shape", SHAPES), ("texture", TEXTURES), ("scene", SCENES), ("imagenet", imagenet_sample()),
+        ("prompt", [t.format(names[(i * 7 + k * 37) % len(names)]) for i, t in enumerate(TEMPLATES) for k in range(4)]),
         ("punctuation_digits", PUNCTUATION_AND_DIGITS), ("apostrophe", APOSTROPHES),
         ("accented_non_latin", ACCENTED_AND_SCRIPTS), ("emoji", EMOJI), ("quotes", QUOTES),
         ("html", HTML_REFERENCES), ("whitespace", WHITESPACE), ("control_ftfy", CONTROL_AND_FTFY),
@@ -198,15 +204,16 @@ def cases() -> list[tuple[str, str]]:
     return out
 
 
-def reference_ids(texts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
-    """(padded 77-long rows from open_clip.tokenize, untruncated [SOT]+encode+[EOT])."""
+def reference_ids(texts: list[str]) -> tuple[list[list[int]], list[list[int]], list[str]]:
+    """(padded 77-long rows from open_clip.tokenize, untruncated [SOT]+encode+[EOT], decode(encode))."""
     import open_clip
     from open_clip.tokenizer import SimpleTokenizer
 
     simple = SimpleTokenizer()
     rows = open_clip.tokenize(texts, context_length=CONTEXT_LENGTH).tolist()
-    full = [[simple.sot_token_id] + simple.encode(t) + [simple.eot_token_id] for t in texts]
-    return rows, full
+    encoded = [simple.encode(t) for t in texts]
+    full = [[simple.sot_token_id] + e + [simple.eot_token_id] for e in encoded]
+    return rows, full, [simple.decode(e) for e in encoded]
 
 
 def source_description() -> str:
@@ -232,6 +239,24 @@ def check_tokenizer(path: Path, texts: list[str], rows: list[list[int]]) -> list
     return [t for t, g, r in zip(texts, got, rows) if g != r]
 
 
+def dumps_line(obj) -> str:
+    """Compact JSON with readable text, but every invisible character escaped.
+
+    Keeps one case per line even for texts holding U+2028, U+0085, NBSP, zero-width or tag
+    characters, and makes such characters visible in diffs.
+    """
+    out = []
+    for c in json.dumps(obj, ensure_ascii=False):
+        if c.isprintable() and (c == " " or not c.isspace()):
+            out.append(c)
+        elif ord(c) > 0xFFFF:
+            hi, lo = divmod(ord(c) - 0x10000, 0x400)
+            out.append("\\u%04x\\u%04x" % (0xD800 + hi, 0xDC00 + lo))
+        else:
+            out.append("\\u%04x" % ord(c))
+    return "".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER)
@@ -240,9 +265,9 @@ def main(argv: list[str] | None = None) -> int:
 
     labelled = cases()
     texts = [t for _, t in labelled]
-    rows, full = reference_ids(texts)
+    rows, full, decoded = reference_ids(texts)
     div_texts = [t for t, _ in DIVERGENCES]
-    div_rows, div_full = reference_ids(div_texts)
+    div_rows, div_full, _ = reference_ids(div_texts)
 
     tokenizer_bytes = args.tokenizer.read_bytes()
     mismatches = check_tokenizer(args.tokenizer, texts, rows)
@@ -254,8 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         "tokenizer_sha256": hashlib.sha256(tokenizer_bytes).hexdigest(),
         "tokenizer_size": len(tokenizer_bytes),
         "cases": [
-            {"category": c, "text": t, "ids": r, "encoded": f}
-            for (c, t), r, f in zip(labelled, rows, full)
+            {"category": c, "text": t, "ids": r, "encoded": f, "decoded": d}
+            for (c, t), r, f, d in zip(labelled, rows, full, decoded)
         ],
         "divergences": [
             {"text": t, "reason": why, "ids": r, "encoded": f}
@@ -264,13 +289,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # One case per line: readable diffs when open_clip or the case list changes.
-    lines = [json.dumps(c, ensure_ascii=False) for c in fixture["cases"]]
-    dlines = [json.dumps(c, ensure_ascii=False) for c in fixture["divergences"]]
+    lines = [dumps_line(c) for c in fixture["cases"]]
+    dlines = [dumps_line(c) for c in fixture["divergences"]]
     head = {k: v for k, v in fixture.items() if k not in ("cases", "divergences")}
     text = json.dumps(head, ensure_ascii=False, indent=1)[:-2] + ",\n"
     text += ' "cases": [\n  ' + ",\n  ".join(lines) + "\n ],\n"
     text += ' "divergences": [\n  ' + ",\n  ".join(dlines) + "\n ]\n}\n"
-    json.loads(text)  # the hand-assembled layout must still be valid JSON
+    if json.loads(text) != fixture:  # the hand-assembled layout must say the same thing
+        raise SystemExit("fixture serialisation error")
     args.out.write_text(text, encoding="utf-8")
 
     print(f"wrote {args.out}: {len(texts)} cases, {len(DIVERGENCES)} documented divergences")

@@ -126,7 +126,8 @@ def train(args, log=print):
     prompts = prompt_texts(fieldset)
     prompt_ids_full = tokenize(prompts, 77)
     kept = sorted(set(ids.flatten().tolist()) | set(prompt_ids_full.flatten().tolist()))
-    model = TinyCLIP(kept_ids=kept, image_size=IMAGE_SIZE, vision_width=args.width,
+    model = TinyCLIP(kept_ids=kept, image_size=IMAGE_SIZE, patch_size=args.patch,
+                     vision_width=args.width,
                      vision_layers=args.vision_layers, text_width=args.width,
                      text_layers=args.text_layers, heads=args.width // 32, embed_dim=args.width)
     n_params = sum(p.numel() for p in model.parameters())
@@ -186,12 +187,14 @@ def main(argv=None) -> int:
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--per-class", type=int, default=400, help="corpus pairs per class")
-    ap.add_argument("--steps", type=int, default=2500)
+    ap.add_argument("--steps", type=int, default=9000)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--width", type=int, default=96)
-    ap.add_argument("--vision-layers", type=int, default=3)
+    ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--patch", type=int, default=16)
+    ap.add_argument("--vision-layers", type=int, default=4)
     ap.add_argument("--text-layers", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads; part of the recipe: sums depend on the split")
     ap.add_argument("--checkpoint", type=Path, help="also save the PyTorch weights here")
     args = ap.parse_args(argv)
     try:
@@ -205,7 +208,7 @@ def main(argv=None) -> int:
         scale = float(model.logit_scale.exp())
         export_bundle(model, name="tiny-clip",
                       source={"open_clip_model": "tiny-clip (open_clip CLIP, "
-                              f"ViT {args.vision_layers}x{args.width} p8 @{IMAGE_SIZE}px, "
+                              f"ViT {args.vision_layers}x{args.width} p{args.patch} @{IMAGE_SIZE}px, "
                               f"text {args.text_layers}x{args.width})",
                               "pretrained": f"fieldset corpus seed {args.seed}, train_tiny.py"},
                       image_size=IMAGE_SIZE, context_length=77, logit_scale=scale,
