@@ -166,7 +166,7 @@ def _divergences():
     return [pytest.param(d, id=f"divergence{i}") for i, d in enumerate(data.get("divergences", []))]
 
 
-@pytest.mark.xfail(reason="documented in models/export/TOKENIZER.md (Not reproduced)", strict=False)
+@pytest.mark.xfail(reason="documented in models/export/TOKENIZER.md (Not reproduced)", strict=True)
 @pytest.mark.parametrize("case", _divergences())
 def test_documented_divergences(case, tokenizer):
     assert tokenizer.encode(case["text"]).ids == case["ids"]
