@@ -1,0 +1,202 @@
+//! `clipd bench`: image encoder alone versus the whole pipeline (decode + preprocess + encode +
+//! head + store), at each batch size.
+
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::Args;
+
+use clipd::classes::ClassSpec;
+use clipd::encoder::{EncoderOptions, ImageEncoder, TractImageEncoder};
+use clipd::engine::Engine;
+use clipd::pipeline::{self, PipelineOptions};
+use clipd::preprocess::Transform;
+use clipd::source::{self, FrameSource, Next, Payload};
+use clipd::store::{BatchWriter, FrameRecord, Store, StoreOptions};
+
+use super::run::to_record;
+use super::{bundle_dir, demo_config, load_config, ModelArgs, UsageError};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Batch sizes to measure, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    batch: Vec<usize>,
+    /// Use at most this many frames from the config's sources (0 = all).
+    #[arg(long, default_value_t = 0)]
+    frames: usize,
+}
+
+struct Row {
+    batch: usize,
+    enc_ms: f64,
+    pipe_ms: f64,
+}
+
+/// Measure throughput on the config's frames (the built-in demo frames without --config).
+pub fn bench(args: BenchArgs) -> Result<ExitCode> {
+    if args.batch.is_empty() || args.batch.contains(&0) {
+        return Err(UsageError("--batch takes sizes of at least 1, e.g. 1,8".into()).into());
+    }
+    let cfg = match load_config(args.model.config.as_deref())? {
+        Some(c) => c,
+        None => demo_config()?,
+    };
+    let c = &cfg.config;
+    let threads = args.model.threads.unwrap_or(c.engine.threads);
+    let bundle = bundle_dir(args.model.bundle.as_deref(), Some(&cfg));
+
+    // The frames: every file the sources list now.
+    let mut files = Vec::new();
+    for (i, s) in c.sources.iter().enumerate() {
+        let mut src = source::open(i, s, &cfg.base, true)?;
+        while let Next::Frame(f) = src.next()? {
+            if let Payload::File(p) = f.payload {
+                files.push(p);
+            }
+        }
+    }
+    if args.frames > 0 {
+        files.truncate(args.frames);
+    }
+    if files.is_empty() {
+        return Err(UsageError("bench: the config's sources list no frames".into()).into());
+    }
+
+    let classes = ClassSpec::from_config(&c.classes, &c.prompts);
+    let engine = Engine::load(&bundle, classes, EncoderOptions { batch: 1, threads }, None)?;
+    let t = Transform::from_spec(&engine.bundle.manifest.image);
+    let mut tensors = Vec::new();
+    for p in files.iter().take(256) {
+        if let Ok(px) = t.load(p, &c.decode) {
+            tensors.push(px);
+        }
+    }
+    if tensors.is_empty() {
+        return Err(UsageError("bench: none of the frames could be decoded".into()).into());
+    }
+    println!(
+        "model {} (image {}px, embed {}), {} threads, {} frames, {} classes",
+        engine.bundle.model_id(),
+        engine.bundle.manifest.image.size,
+        engine.bundle.manifest.embed_dim,
+        threads,
+        files.len(),
+        engine.classes.len()
+    );
+
+    let tmp = std::env::temp_dir().join(format!("clipd-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let mut rows = Vec::new();
+    let result = (|| -> Result<()> {
+        for &b in &args.batch {
+            let opts = EncoderOptions { batch: b, threads };
+            let mut enc = TractImageEncoder::load(&engine.bundle, opts)?;
+            let enc_ms = time_encoder(&mut enc, &tensors, files.len())?;
+
+            let db = tmp.join(format!("bench-b{b}.db"));
+            let store = Store::open(&db, &StoreOptions::default())?;
+            let (tx, rx) = sync_channel::<FrameRecord>(c.engine.queue);
+            let writer = BatchWriter::spawn(store, rx)?;
+            let src: Box<dyn FrameSource> = Box::new(source::FileListSource::new(
+                "bench".into(),
+                files.clone(),
+                clipd::config::LabelsFrom::None,
+            ));
+            let enc = TractImageEncoder::load(&engine.bundle, opts)?;
+            let model_id = engine.bundle.model_id();
+            let sink = BenchSink { tx, model_id };
+            let started = Instant::now();
+            let (stats, sink) = pipeline::run(
+                vec![src],
+                t.clone(),
+                Box::new(enc),
+                engine.head.clone(),
+                None,
+                sink,
+                PipelineOptions {
+                    decode_threads: c.engine.decode_threads,
+                    queue: c.engine.queue,
+                    batch_timeout: Duration::from_millis(c.engine.batch_timeout_ms),
+                    top_k: c.top_k,
+                    limits: c.decode,
+                    keep_embeddings: false,
+                },
+                Arc::new(AtomicBool::new(false)),
+            )?;
+            drop(sink);
+            let written = writer
+                .join()
+                .map_err(|_| anyhow::anyhow!("the database writer thread panicked"))?;
+            // The pipeline's time ends when the last frame is committed.
+            let elapsed = started.elapsed();
+            if let Some(e) = written.first_error {
+                return Err(e.into());
+            }
+            let pipe_ms = elapsed.as_secs_f64() * 1000.0 / stats.frames.max(1) as f64;
+            rows.push(Row {
+                batch: b,
+                enc_ms,
+                pipe_ms,
+            });
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    result?;
+
+    println!(
+        "{:>5}  {:>11}  {:>12}  {:>12}  {:>13}  {:>8}",
+        "batch", "encoder/s", "encoder ms", "pipeline/s", "pipeline ms", "overhead"
+    );
+    for r in rows {
+        println!(
+            "{:>5}  {:>11.1}  {:>12.3}  {:>12.1}  {:>13.3}  {:>7.2}x",
+            r.batch,
+            1000.0 / r.enc_ms,
+            r.enc_ms,
+            1000.0 / r.pipe_ms,
+            r.pipe_ms,
+            r.pipe_ms / r.enc_ms
+        );
+    }
+    println!("(ms are per image; overhead = pipeline ms / encoder ms)");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Milliseconds per image for the encoder alone over `count` images (after one warm-up batch).
+fn time_encoder(enc: &mut TractImageEncoder, tensors: &[Vec<f32>], count: usize) -> Result<f64> {
+    let b = enc.batch_size();
+    let batch_of = |start: usize| -> Vec<f32> {
+        (0..b)
+            .flat_map(|i| tensors[(start + i) % tensors.len()].iter().copied())
+            .collect()
+    };
+    enc.encode(&batch_of(0), b)?;
+    let batches = count.div_ceil(b).max(1);
+    let inputs: Vec<Vec<f32>> = (0..batches.min(32)).map(|i| batch_of(i * b)).collect();
+    let started = Instant::now();
+    for i in 0..batches {
+        enc.encode(&inputs[i % inputs.len()], b)?;
+    }
+    Ok(started.elapsed().as_secs_f64() * 1000.0 / (batches * b) as f64)
+}
+
+struct BenchSink {
+    tx: std::sync::mpsc::SyncSender<FrameRecord>,
+    model_id: String,
+}
+
+impl pipeline::Sink for BenchSink {
+    fn accept(&mut self, r: pipeline::FrameResult) -> Result<(), String> {
+        self.tx
+            .send(to_record(r, &self.model_id))
+            .map_err(|_| "the database writer stopped".to_string())
+    }
+}

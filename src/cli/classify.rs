@@ -1,0 +1,198 @@
+//! `clipd classify`: one result per image on stdout, failures on stderr.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use clipd::classes::ClassSpec;
+use clipd::config::LabelsFrom;
+use clipd::encoder::EncoderOptions;
+use clipd::engine::Engine;
+use clipd::pipeline::{self, PipelineOptions, VecSink};
+use clipd::preprocess::Transform;
+use clipd::source::FileListSource;
+use clipd::store::is_broken_pipe;
+
+use super::{bundle_dir, load_config, ModelArgs, UsageError, SOME_FAILED};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    /// Image files.
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// How many classes to report per image [default: the config's top_k].
+    #[arg(long, value_name = "N")]
+    top_k: Option<usize>,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    format: OutputFormat,
+}
+
+#[derive(Serialize)]
+struct TopK<'a> {
+    label: &'a str,
+    score: f32,
+}
+
+#[derive(Serialize)]
+struct Row<'a> {
+    path: &'a str,
+    label: &'a str,
+    score: f32,
+    topk: Vec<TopK<'a>>,
+}
+
+/// Classify the given images with the config's classes.
+pub fn classify(args: ClassifyArgs) -> Result<ExitCode> {
+    let Some(cfg) = load_config(args.model.config.as_deref())? else {
+        return Err(UsageError(
+            "classify needs classes: pass --config FILE (see clipd.toml.example)".into(),
+        )
+        .into());
+    };
+    let c = &cfg.config;
+    let top_k = args.top_k.unwrap_or(c.top_k);
+    if top_k == 0 {
+        return Err(UsageError("--top-k must be at least 1".into()).into());
+    }
+    let bundle = bundle_dir(args.model.bundle.as_deref(), Some(&cfg));
+    let batch = c.engine.batch.min(args.images.len()).max(1);
+    let opts = EncoderOptions {
+        batch,
+        threads: args.model.threads.unwrap_or(c.engine.threads),
+    };
+    let classes = ClassSpec::from_config(&c.classes, &c.prompts);
+    // Reuse the daemon's text-embedding cache when there is one; never create a database here.
+    let db = cfg.resolve(&c.store.path);
+    let engine = Engine::load(&bundle, classes, opts, Some(&db))?;
+    let source = FileListSource::new("classify".into(), args.images.clone(), LabelsFrom::None);
+    let popts = PipelineOptions {
+        decode_threads: c.engine.decode_threads,
+        queue: c.engine.queue,
+        batch_timeout: Duration::from_millis(c.engine.batch_timeout_ms),
+        top_k,
+        limits: c.decode,
+        keep_embeddings: false,
+    };
+    let (_, sink) = pipeline::run(
+        vec![Box::new(source)],
+        Transform::from_spec(&engine.bundle.manifest.image),
+        Box::new(engine.image_encoder),
+        engine.head,
+        None,
+        VecSink::default(),
+        popts,
+        Arc::new(AtomicBool::new(false)),
+    )?;
+    let mut results = sink.0;
+    results.sort_by_key(|r| r.seq);
+
+    let mut failed = 0;
+    let mut rows = Vec::new();
+    for r in &results {
+        match &r.outcome {
+            Ok(c) => rows.push(Row {
+                path: &r.reference,
+                label: &c.label,
+                score: c.score,
+                topk: c
+                    .top_k
+                    .iter()
+                    .map(|(l, s)| TopK {
+                        label: l,
+                        score: *s,
+                    })
+                    .collect(),
+            }),
+            Err(f) => {
+                failed += 1;
+                eprintln!("clipd: {}", f.message);
+            }
+        }
+    }
+    match write(&rows, args.format) {
+        Err(e) if is_broken_pipe(&e) => {}
+        Err(e) => return Err(anyhow::Error::new(e).context("writing results")),
+        Ok(()) => {}
+    }
+    Ok(if failed > 0 {
+        ExitCode::from(SOME_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn write(rows: &[Row], format: OutputFormat) -> std::io::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match format {
+        OutputFormat::Json => {
+            serde_json::to_writer_pretty(&mut out, rows).map_err(std::io::Error::other)?;
+            writeln!(out)?;
+        }
+        OutputFormat::Csv => {
+            writeln!(out, "path,label,score,topk")?;
+            for r in rows {
+                let topk: Vec<String> = r
+                    .topk
+                    .iter()
+                    .map(|t| format!("{}:{:.4}", t.label, t.score))
+                    .collect();
+                writeln!(
+                    out,
+                    "{},{},{:.4},{}",
+                    csv(r.path),
+                    csv(r.label),
+                    r.score,
+                    csv(&topk.join(";"))
+                )?;
+            }
+        }
+        OutputFormat::Table => {
+            let w = rows.iter().map(|r| r.path.len()).max().unwrap_or(4).max(4);
+            let lw = rows.iter().map(|r| r.label.len()).max().unwrap_or(5).max(5);
+            writeln!(out, "{:w$}  {:lw$}  {:>6}  top-k", "path", "label", "score")?;
+            for r in rows {
+                let topk: Vec<String> = r
+                    .topk
+                    .iter()
+                    .skip(1)
+                    .map(|t| format!("{} {:.3}", t.label, t.score))
+                    .collect();
+                writeln!(
+                    out,
+                    "{:w$}  {:lw$}  {:>6.3}  {}",
+                    r.path,
+                    r.label,
+                    r.score,
+                    topk.join(", ")
+                )?;
+            }
+        }
+    }
+    out.flush()
+}
+
+/// Quote a CSV field when needed (RFC 4180).
+fn csv(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}

@@ -1,0 +1,129 @@
+//! Start-up wiring shared by `run`, `classify` and `bench`: bundle → image encoder → class
+//! prompts → text embeddings (from the cache when possible) → zero-shot head. Everything that
+//! can be wrong with the inputs is found here, before any database is created.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::bundle::{Bundle, BundleError};
+use crate::classes::{
+    build_head, distinct_prompts, ClassSpec, ClassesError, LabelIndex, PromptEmbedder,
+};
+use crate::encoder::{EncoderError, EncoderOptions, TractImageEncoder};
+use crate::head::ZeroShotHead;
+use crate::store::{ClassRecord, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Encoder(#[from] EncoderError),
+    #[error(transparent)]
+    Classes(#[from] ClassesError),
+}
+
+/// A loaded model ready to classify, plus what the history database still needs to learn.
+pub struct Engine {
+    pub bundle: Bundle,
+    pub image_encoder: TractImageEncoder,
+    pub classes: Vec<ClassSpec>,
+    pub head: ZeroShotHead,
+    /// The ensembled embedding of each class (same order as `classes`).
+    pub class_embeddings: Vec<Vec<f32>>,
+    /// Prompt embeddings computed now (not found in the cache), to store.
+    pub new_prompt_embeddings: Vec<(String, Vec<f32>)>,
+    /// How many prompt embeddings came from the cache.
+    pub cached_prompts: usize,
+}
+
+impl Engine {
+    /// Load everything needed to classify with `classes`. `cache_db`, if it exists, is read
+    /// (read-only) for prompt embeddings computed by an earlier run with the same bundle.
+    pub fn load(
+        bundle_dir: &Path,
+        classes: Vec<ClassSpec>,
+        opts: EncoderOptions,
+        cache_db: Option<&Path>,
+    ) -> Result<Engine, EngineError> {
+        let bundle = Bundle::open(bundle_dir)?;
+        let image_encoder = TractImageEncoder::load(&bundle, opts)?;
+        let prompts = distinct_prompts(&classes);
+        let mut embeddings: HashMap<String, Vec<f32>> = HashMap::new();
+        if let Some(db) = cache_db.filter(|p| p.exists()) {
+            match read_cache(db, &bundle.sha256, &prompts) {
+                Ok(found) => embeddings = found,
+                // A cache is an optimisation: an unreadable one is reported, then recomputed.
+                Err(e) => log::warn!("text-embedding cache not used: {e}"),
+            }
+        }
+        let cached_prompts = embeddings.len();
+        let missing: Vec<String> = prompts
+            .iter()
+            .filter(|p| !embeddings.contains_key(*p))
+            .cloned()
+            .collect();
+        let mut new_prompt_embeddings = Vec::new();
+        if !missing.is_empty() {
+            let mut embedder = PromptEmbedder::new(&bundle, opts.threads);
+            let rows = embedder.embed(&missing)?;
+            for (p, e) in missing.into_iter().zip(rows) {
+                embeddings.insert(p.clone(), e.clone());
+                new_prompt_embeddings.push((p, e));
+            }
+        }
+        let m = &bundle.manifest;
+        let (head, class_embeddings) =
+            build_head(&classes, &embeddings, m.embed_dim, m.logit_scale)
+                .map_err(ClassesError::from)?;
+        Ok(Engine {
+            bundle,
+            image_encoder,
+            classes,
+            head,
+            class_embeddings,
+            new_prompt_embeddings,
+            cached_prompts,
+        })
+    }
+
+    /// Maps known labels onto this engine's classes.
+    pub fn label_index(&self) -> LabelIndex {
+        LabelIndex::new(&self.classes)
+    }
+
+    /// Record the text side in the database: new prompt embeddings and the class table.
+    pub fn save_text_side(&self, store: &mut Store) -> Result<(), StoreError> {
+        if !self.new_prompt_embeddings.is_empty() {
+            store.put_text_embeddings(&self.bundle.sha256, &self.new_prompt_embeddings)?;
+        }
+        let records: Vec<ClassRecord> = self
+            .classes
+            .iter()
+            .zip(&self.class_embeddings)
+            .map(|(c, e)| ClassRecord {
+                name: c.name.clone(),
+                domain: c.domain.clone(),
+                prompts: c.prompts.clone(),
+                embedding: e.clone(),
+            })
+            .collect();
+        store.put_classes(&self.bundle.model_id(), &records)?;
+        Ok(())
+    }
+}
+
+fn read_cache(
+    db: &Path,
+    bundle_sha: &str,
+    prompts: &[String],
+) -> Result<HashMap<String, Vec<f32>>, StoreError> {
+    let store = Store::open_read_only(db)?;
+    let mut found = HashMap::new();
+    for p in prompts {
+        if let Some(e) = store.get_text_embedding(bundle_sha, p)? {
+            found.insert(p.clone(), e);
+        }
+    }
+    Ok(found)
+}

@@ -1,0 +1,152 @@
+//! Frame sources behind one trait: a directory, a single file, a glob pattern. A camera source
+//! will implement the same trait.
+
+mod files;
+
+pub use files::{DirSource, FileListSource};
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::{LabelsFrom, SourceConfig, SourceKind};
+
+/// What a frame's pixels are.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// An image file to read and decode.
+    File(PathBuf),
+    /// Encoded image bytes already in memory (e.g. from a capture device).
+    Encoded(Vec<u8>),
+}
+
+/// One frame to classify.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// Source name logged with the frame.
+    pub source: String,
+    /// Reference logged with the frame (the path for file-backed frames).
+    pub reference: String,
+    pub payload: Payload,
+    /// Known label, when the source provides one (for accuracy summaries).
+    pub truth: Option<String>,
+}
+
+/// What a source has to offer right now.
+#[derive(Debug)]
+pub enum Next {
+    Frame(Frame),
+    /// Nothing yet; ask again after this long.
+    Wait(Duration),
+    /// Exhausted for good.
+    Done,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{key}: {}: {msg}", path.display())]
+    Setup {
+        key: String,
+        path: PathBuf,
+        msg: String,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A producer of frames.
+pub trait FrameSource: Send {
+    fn name(&self) -> &str;
+    fn next(&mut self) -> Result<Next, SourceError>;
+}
+
+/// File extensions a directory source picks up. Some have no decoder here (HEIC, AVIF); such
+/// frames are reported as unsupported rather than silently skipped.
+pub const IMAGE_EXTENSIONS: &[&str] = &[
+    "png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp", "avif", "heic", "heif",
+];
+
+/// Whether a path has one of [`IMAGE_EXTENSIONS`].
+pub fn is_image_path(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// The known label of a file-backed frame.
+pub fn truth_for(path: &Path, labels: LabelsFrom) -> Option<String> {
+    match labels {
+        LabelsFrom::None => None,
+        LabelsFrom::ParentDir => path
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned()),
+    }
+}
+
+/// Build the source for config entry `index`; `base` resolves relative paths and `once`
+/// selects a finite listing over a watching one. Fails if the source has nothing to read.
+pub fn open(
+    index: usize,
+    cfg: &SourceConfig,
+    base: &Path,
+    once: bool,
+) -> Result<Box<dyn FrameSource>, SourceError> {
+    let key = format!("sources[{index}]");
+    let name = cfg.name.clone().unwrap_or_else(|| cfg.path.clone());
+    let resolve = |p: &str| {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            crate::config::normalize(&base.join(p))
+        }
+    };
+    let setup = |path: PathBuf, msg: &str| SourceError::Setup {
+        key: key.clone(),
+        path,
+        msg: msg.to_string(),
+    };
+    match cfg.kind {
+        SourceKind::Dir => {
+            let dir = resolve(&cfg.path);
+            if !dir.is_dir() {
+                return Err(setup(dir, "not a directory"));
+            }
+            let poll = (!once).then(|| Duration::from_millis(cfg.poll_ms.max(10)));
+            let src = DirSource::new(name, dir.clone(), cfg.recursive, cfg.labels_from, poll)?;
+            if once && src.pending() == 0 {
+                return Err(setup(dir, "no image files found"));
+            }
+            Ok(Box::new(src))
+        }
+        SourceKind::File => {
+            let file = resolve(&cfg.path);
+            if !file.is_file() {
+                return Err(setup(file, "no such file"));
+            }
+            Ok(Box::new(FileListSource::new(
+                name,
+                vec![file],
+                cfg.labels_from,
+            )))
+        }
+        SourceKind::Glob => {
+            let pattern = resolve(&cfg.path);
+            let text = pattern.to_string_lossy().into_owned();
+            let paths = glob::glob(&text).map_err(|e| setup(pattern.clone(), &e.to_string()))?;
+            let mut files: Vec<PathBuf> = paths
+                .filter_map(Result::ok)
+                .filter(|p| p.is_file())
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                return Err(setup(pattern, "pattern matches no files"));
+            }
+            Ok(Box::new(FileListSource::new(name, files, cfg.labels_from)))
+        }
+    }
+}

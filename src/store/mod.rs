@@ -1,0 +1,1150 @@
+//! The classification history: one SQLite file per daemon.
+//!
+//! SQLite runs in WAL mode so that `clipd query` (a separate, read-only
+//! process) can read while the daemon writes, without either waiting for the
+//! other. The schema comes from numbered `.sql` files under `migrations/`,
+//! applied in order and tracked with `PRAGMA user_version` (see
+//! [`SCHEMA_VERSION`]).
+//!
+//! Writes are batched: the pipeline sends [`FrameRecord`]s over a channel to a
+//! [`BatchWriter`] thread that commits every `batch_rows` rows or `batch_ms`
+//! milliseconds, because one transaction per frame would cost an fsync per
+//! frame on an SD card.
+//!
+//! Reads go through [`FrameFilter`], whose every field maps onto an indexed
+//! column, and the results print with [`write_rows`], [`write_stats`] and
+//! [`write_summary`].
+//!
+//! Every error is a [`StoreError`] naming the database file and, where there
+//! is one, what the user can do about it.
+
+mod format;
+mod migrate;
+mod query;
+mod timespec;
+mod writer;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+
+pub use format::{is_broken_pipe, write_rows, write_stats, write_summary, Format};
+pub use migrate::SCHEMA_VERSION;
+pub use query::{Bucket, FrameFilter, FrameRow, LabelCount, StatRow, Summary};
+pub use timespec::{format_ts_ms, now_ms, parse_time_spec, TimeSpecError};
+pub use writer::{BatchWriter, WriterSummary};
+
+/// How long a connection waits for another connection's lock before failing
+/// with "database is locked". Checkpoints and migrations briefly take
+/// exclusive locks; five seconds covers them on slow SD cards.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Upper bound, in bytes, that the WAL file is truncated back to after a
+/// checkpoint, so a burst of writes does not leave a large file behind on a
+/// small flash disk.
+const JOURNAL_SIZE_LIMIT: i64 = 32 * 1024 * 1024;
+
+/// Everything that can go wrong with the history database. Every variant
+/// names the file, and most say what to do next.
+///
+/// The underlying SQLite message is part of the text rather than a
+/// `source()`, so printing the error (even with its chain) says it once.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "database {} does not exist: check the path (the daemon creates it on its first run)",
+        path.display()
+    )]
+    Missing { path: PathBuf },
+
+    #[error("cannot open database {}: {cause}{}", path.display(), sqlite_hint(cause))]
+    Open {
+        path: PathBuf,
+        cause: rusqlite::Error,
+    },
+
+    #[error("{} is a directory, not a database file: name the .db file itself", path.display())]
+    IsDirectory { path: PathBuf },
+
+    #[error(
+        "{} is not a SQLite database (or it is damaged): point clipd at its history database, or move this file aside",
+        path.display()
+    )]
+    NotADatabase { path: PathBuf },
+
+    #[error(
+        "database {} has no clipd schema: is it a clipd history database? (the daemon creates the schema on its first run)",
+        path.display()
+    )]
+    NotClipd { path: PathBuf },
+
+    #[error(
+        "database {} is newer (schema {found}) than this clipd (schema {supported}): upgrade clipd",
+        path.display()
+    )]
+    SchemaTooNew {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+
+    #[error(
+        "database {} has schema {found} but this clipd reads schema {supported}: open it once read-write (start the daemon) to migrate it",
+        path.display()
+    )]
+    SchemaTooOld {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+
+    #[error(
+        "database {}: migration {name} failed and was rolled back: {cause} (is this a clipd history database?)",
+        path.display()
+    )]
+    Migration {
+        path: PathBuf,
+        name: &'static str,
+        cause: rusqlite::Error,
+    },
+
+    #[error(
+        "database {}: could not enable WAL mode (journal mode is {mode:?}): keep the database on a local filesystem",
+        path.display()
+    )]
+    NoWal { path: PathBuf, mode: String },
+
+    #[error(
+        "database {}: disk full while {op}: {cause}; free space on its volume (rows committed earlier are kept)",
+        path.display()
+    )]
+    DiskFull {
+        path: PathBuf,
+        op: &'static str,
+        cause: rusqlite::Error,
+    },
+
+    #[error("database {}: {op} failed: {cause}{}", path.display(), sqlite_hint(cause))]
+    Sqlite {
+        path: PathBuf,
+        op: &'static str,
+        cause: rusqlite::Error,
+    },
+
+    #[error(
+        "database {}: unreadable {what} in row {row}: {detail}; the row was written by something other than this clipd",
+        path.display()
+    )]
+    InvalidData {
+        path: PathBuf,
+        what: &'static str,
+        row: String,
+        detail: String,
+    },
+
+    #[error("database {}: refusing to store {what}: {reason}", path.display())]
+    InvalidRecord {
+        path: PathBuf,
+        /// Which record, e.g. `frame "cam/0001.jpg" from source "cam"`.
+        what: String,
+        reason: String,
+    },
+}
+
+impl StoreError {
+    /// The database file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            StoreError::Missing { path }
+            | StoreError::Open { path, .. }
+            | StoreError::IsDirectory { path }
+            | StoreError::NotADatabase { path }
+            | StoreError::NotClipd { path }
+            | StoreError::SchemaTooNew { path, .. }
+            | StoreError::SchemaTooOld { path, .. }
+            | StoreError::Migration { path, .. }
+            | StoreError::NoWal { path, .. }
+            | StoreError::DiskFull { path, .. }
+            | StoreError::Sqlite { path, .. }
+            | StoreError::InvalidData { path, .. }
+            | StoreError::InvalidRecord { path, .. } => path,
+        }
+    }
+
+    /// True when the volume (or SQLite's page limit) is full, so a caller can
+    /// keep running and retry later instead of treating it as fatal.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::DiskFull { .. })
+    }
+
+    /// Wraps a rusqlite error, lifting the cases a user acts on differently
+    /// (full disk, not a database) into their own variants.
+    pub(crate) fn sqlite(path: &Path, op: &'static str, cause: rusqlite::Error) -> Self {
+        let path = path.to_path_buf();
+        match cause.sqlite_error_code() {
+            Some(ErrorCode::DiskFull) => StoreError::DiskFull { path, op, cause },
+            Some(ErrorCode::NotADatabase) => StoreError::NotADatabase { path },
+            _ => StoreError::Sqlite { path, op, cause },
+        }
+    }
+
+    /// SQLite's result code, when SQLite reported the error.
+    pub fn sqlite_code(&self) -> Option<ErrorCode> {
+        match self {
+            StoreError::Open { cause, .. }
+            | StoreError::Migration { cause, .. }
+            | StoreError::DiskFull { cause, .. }
+            | StoreError::Sqlite { cause, .. } => cause.sqlite_error_code(),
+            _ => None,
+        }
+    }
+}
+
+/// A hint appended to SQLite's own message for the failures that have an
+/// obvious next step.
+fn sqlite_hint(err: &rusqlite::Error) -> &'static str {
+    match err.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            " (another connection held a lock longer than the busy timeout: is a second writer running?)"
+        }
+        Some(ErrorCode::ReadOnly) => " (check write permission on the file and its directory)",
+        Some(ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => {
+            " (check that the directory exists and that clipd may access it)"
+        }
+        Some(ErrorCode::DatabaseCorrupt) => {
+            " (the file is damaged: restore it from a backup or move it aside)"
+        }
+        Some(ErrorCode::SystemIoFailure) => " (I/O error: check the storage device)",
+        _ => "",
+    }
+}
+
+/// Attaches the database path and the operation to a rusqlite result.
+pub(crate) trait Ctx<T> {
+    fn ctx(self, path: &Path, op: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T> Ctx<T> for rusqlite::Result<T> {
+    fn ctx(self, path: &Path, op: &'static str) -> Result<T, StoreError> {
+        self.map_err(|e| StoreError::sqlite(path, op, e))
+    }
+}
+
+/// SQLite's `synchronous` setting for the writer.
+///
+/// `Normal` (the default) in WAL mode can lose the last transactions on power
+/// loss but never corrupts the file, and it fsyncs only at checkpoints, which
+/// matters on SD cards. `Full` fsyncs every commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    #[default]
+    Normal,
+    Full,
+}
+
+impl Synchronous {
+    fn pragma_value(self) -> &'static str {
+        match self {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        }
+    }
+}
+
+impl fmt::Display for Synchronous {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Synchronous::Normal => "normal",
+            Synchronous::Full => "full",
+        })
+    }
+}
+
+impl FromStr for Synchronous {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "normal" => Ok(Synchronous::Normal),
+            "full" => Ok(Synchronous::Full),
+            _ => Err(format!(
+                "invalid synchronous mode {s:?}: expected \"normal\" or \"full\""
+            )),
+        }
+    }
+}
+
+/// How the writer commits. Shared by the daemon config and [`Store::open`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Commit once this many frames are pending (0 is treated as 1).
+    pub batch_rows: usize,
+    /// Commit pending frames at the latest this long after the first of them
+    /// arrived, so a quiet camera's frames still reach the disk.
+    pub batch_ms: u64,
+    pub synchronous: Synchronous,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            batch_rows: 64,
+            batch_ms: 1000,
+            synchronous: Synchronous::Normal,
+        }
+    }
+}
+
+/// One classified (or failed) frame, as the pipeline produces it.
+///
+/// Exactly one of `label` and `error` is set: a frame that could not be
+/// decoded or classified is still logged, with its error and no label.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FrameRecord {
+    /// Capture time, UTC epoch milliseconds (see [`now_ms`]).
+    pub ts_ms: i64,
+    /// Source name from the config (camera, directory, glob, ...).
+    pub source: String,
+    /// File path or frame counter, enough to find the frame again.
+    pub frame_ref: String,
+    /// Top-1 label; `None` exactly when `error` is set.
+    pub label: Option<String>,
+    /// Top-1 probability.
+    pub score: Option<f32>,
+    /// Top-k `(label, probability)` pairs, best first.
+    pub topk: Vec<(String, f32)>,
+    /// sha256 of the model bundle.
+    pub model_id: String,
+    /// Adapter identity; `None` for zero-shot.
+    pub adapter_id: Option<String>,
+    /// Time spent on this frame from decode to prediction.
+    pub latency_us: Option<u64>,
+    /// Image embedding, stored as f16 (half the space; CLIP embeddings do not
+    /// need more precision for retrieval or refinement).
+    pub embedding: Option<Vec<f32>>,
+    /// Why the frame has no label.
+    pub error: Option<String>,
+}
+
+impl FrameRecord {
+    /// A successfully classified frame; `topk[0]` is the label.
+    pub fn classified(
+        ts_ms: i64,
+        source: impl Into<String>,
+        frame_ref: impl Into<String>,
+        model_id: impl Into<String>,
+        topk: Vec<(String, f32)>,
+    ) -> FrameRecord {
+        let (label, score) = match topk.first() {
+            Some((l, s)) => (Some(l.clone()), Some(*s)),
+            None => (None, None),
+        };
+        FrameRecord {
+            ts_ms,
+            source: source.into(),
+            frame_ref: frame_ref.into(),
+            label,
+            score,
+            topk,
+            model_id: model_id.into(),
+            ..FrameRecord::default()
+        }
+    }
+
+    /// A frame that could not be classified (corrupt file, unsupported format...).
+    pub fn failed(
+        ts_ms: i64,
+        source: impl Into<String>,
+        frame_ref: impl Into<String>,
+        model_id: impl Into<String>,
+        error: impl Into<String>,
+    ) -> FrameRecord {
+        FrameRecord {
+            ts_ms,
+            source: source.into(),
+            frame_ref: frame_ref.into(),
+            model_id: model_id.into(),
+            error: Some(error.into()),
+            ..FrameRecord::default()
+        }
+    }
+
+    /// `frame "<frame_ref>" from source "<source>"`, for messages.
+    pub fn describe(&self) -> String {
+        format!("frame {:?} from source {:?}", self.frame_ref, self.source)
+    }
+
+    /// Checks the invariants the schema enforces, so a bad record can be
+    /// rejected alone instead of failing the whole batch it travels in.
+    pub fn validate(&self) -> Result<(), String> {
+        match (&self.label, &self.error) {
+            (Some(_), Some(_)) => return Err("it has both a label and an error".into()),
+            (None, None) => return Err("it has neither a label nor an error".into()),
+            _ => {}
+        }
+        if self.ts_ms < 0 {
+            return Err(format!("timestamp {} ms is before 1970", self.ts_ms));
+        }
+        if let Some(s) = self.score {
+            if !s.is_finite() {
+                return Err(format!("score {s} is not a finite number"));
+            }
+        }
+        if let Some((l, s)) = self.topk.iter().find(|(_, s)| !s.is_finite()) {
+            return Err(format!("top-k score {s} for {l:?} is not a finite number"));
+        }
+        Ok(())
+    }
+}
+
+/// A class the head was configured with, and its ensembled text embedding.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClassRecord {
+    pub name: String,
+    pub domain: Option<String>,
+    pub prompts: Vec<String>,
+    pub embedding: Vec<f32>,
+}
+
+/// An open history database. `Send`, so it can move to a writer thread; not
+/// `Sync`: one connection per thread.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    options: StoreOptions,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+const INSERT_FRAME_SQL: &str = "INSERT INTO frames \
+    (ts_ms, source, frame_ref, label, score, topk, model_id, adapter_id, latency_us, embedding, error) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+
+impl Store {
+    /// Opens (creating if needed) the database for writing and migrates it to
+    /// [`SCHEMA_VERSION`].
+    ///
+    /// If the file did not exist and opening fails, the new file is removed
+    /// again, so a failed start leaves no half-made database behind.
+    pub fn open(path: impl AsRef<Path>, options: &StoreOptions) -> Result<Store, StoreError> {
+        let path = path.as_ref();
+        if path.is_dir() {
+            return Err(StoreError::IsDirectory {
+                path: path.to_path_buf(),
+            });
+        }
+        let existed = path.exists();
+        let result = Store::open_rw(path, options);
+        if result.is_err() && !existed {
+            // The connection is already closed (dropped inside open_rw).
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = path.as_os_str().to_owned();
+                p.push(suffix);
+                let _ = std::fs::remove_file(PathBuf::from(p));
+            }
+        }
+        result
+    }
+
+    fn open_rw(path: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
+        // No SQLITE_OPEN_URI: a path is always a path.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn =
+            Connection::open_with_flags(path, flags).map_err(|cause| StoreError::Open {
+                path: path.to_path_buf(),
+                cause,
+            })?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .ctx(path, "setting the busy timeout")?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .ctx(path, "enabling WAL mode")?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::NoWal {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+        conn.pragma_update(None, "synchronous", options.synchronous.pragma_value())
+            .ctx(path, "setting synchronous")?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .ctx(path, "enabling foreign keys")?;
+        conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)
+            .ctx(path, "setting journal_size_limit")?;
+        migrate::migrate(&mut conn, path)?;
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+            options: *options,
+        })
+    }
+
+    /// Opens an existing database for reading only, e.g. for `clipd query`
+    /// while the daemon writes to it. In WAL mode this never blocks the
+    /// writer. A missing file is an error: a query must not create an empty
+    /// database where the user expected their history.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let path = path.as_ref();
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Missing {
+                    path: path.to_path_buf(),
+                })
+            }
+            Ok(m) if m.is_dir() => {
+                return Err(StoreError::IsDirectory {
+                    path: path.to_path_buf(),
+                })
+            }
+            // Anything else (permissions) is left to SQLite,
+            // whose error is then reported with a hint.
+            _ => {}
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|cause| StoreError::Open {
+            path: path.to_path_buf(),
+            cause,
+        })?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .ctx(path, "setting the busy timeout")?;
+        migrate::check_read_only(&conn, path)?;
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+            options: StoreOptions::default(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The options the store was opened with (defaults when read-only).
+    pub fn options(&self) -> &StoreOptions {
+        &self.options
+    }
+
+    /// The schema version recorded in the file.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        migrate::read_version(&self.conn, &self.path)
+    }
+
+    /// Copies the WAL into the main file and truncates the WAL to zero
+    /// bytes, so the database is one self-contained file again (for backups,
+    /// or before the daemon exits).
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        let (busy, _log, _done): (i64, i64, i64) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .ctx(&self.path, "checkpointing the WAL")?;
+        if busy != 0 {
+            // A reader held an old snapshot past the busy timeout. The data is
+            // safe in the WAL; the next checkpoint will finish the job.
+            log::debug!(
+                "database {}: checkpoint incomplete, a reader is still active",
+                self.path.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Inserts frames in one transaction with a cached statement: all of them
+    /// or, on error, none. Records are validated first (see
+    /// [`FrameRecord::validate`]). Returns the number inserted.
+    pub fn insert_frames(&mut self, frames: &[FrameRecord]) -> Result<usize, StoreError> {
+        let path = &self.path;
+        let mut topks = Vec::with_capacity(frames.len());
+        for f in frames {
+            let invalid = |reason: String| StoreError::InvalidRecord {
+                path: path.clone(),
+                what: f.describe(),
+                reason,
+            };
+            f.validate().map_err(invalid)?;
+            topks.push(serde_json::to_string(&f.topk).map_err(|e| invalid(e.to_string()))?);
+        }
+        if frames.is_empty() {
+            return Ok(0);
+        }
+        // IMMEDIATE takes the write lock up front, so a competing writer
+        // makes us wait (busy timeout) rather than fail mid-transaction.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx(path, "starting a write transaction")?;
+        {
+            let mut stmt = tx
+                .prepare_cached(INSERT_FRAME_SQL)
+                .ctx(path, "preparing the frame insert")?;
+            for (f, topk) in frames.iter().zip(&topks) {
+                let latency = f.latency_us.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+                let embedding = f.embedding.as_deref().map(f16_le_bytes);
+                stmt.execute(params![
+                    f.ts_ms,
+                    f.source,
+                    f.frame_ref,
+                    f.label,
+                    f.score.map(f64::from),
+                    topk,
+                    f.model_id,
+                    f.adapter_id,
+                    latency,
+                    embedding,
+                    f.error,
+                ])
+                .ctx(path, "inserting frames")?;
+            }
+        }
+        tx.commit().ctx(path, "committing frames")?;
+        Ok(frames.len())
+    }
+
+    /// The stored image embedding of frame `id`, if it has one.
+    pub fn frame_embedding(&self, id: i64) -> Result<Option<Vec<f32>>, StoreError> {
+        let blob: Option<Option<Vec<u8>>> = self
+            .conn
+            .prepare_cached("SELECT embedding FROM frames WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
+            .ctx(&self.path, "reading a frame embedding")?;
+        match blob.flatten() {
+            None => Ok(None),
+            Some(b) => f16_from_le_bytes(&b)
+                .map(Some)
+                .ok_or_else(|| StoreError::InvalidData {
+                    path: self.path.clone(),
+                    what: "frames.embedding",
+                    row: format!("id {id}"),
+                    detail: format!("{} bytes is not a whole number of f16 values", b.len()),
+                }),
+        }
+    }
+
+    /// The cached text embedding of `prompt` under model `model_id`.
+    pub fn get_text_embedding(
+        &self,
+        model_id: &str,
+        prompt: &str,
+    ) -> Result<Option<Vec<f32>>, StoreError> {
+        let row: Option<(Vec<u8>, i64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT embedding, dim FROM text_cache WHERE model_id = ?1 AND prompt = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row([model_id, prompt], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .ctx(&self.path, "reading the text-embedding cache")?;
+        let Some((blob, dim)) = row else {
+            return Ok(None);
+        };
+        match f32_from_le_bytes(&blob) {
+            Some(v) if i64::try_from(v.len()) == Ok(dim) => Ok(Some(v)),
+            _ => Err(StoreError::InvalidData {
+                path: self.path.clone(),
+                what: "text_cache.embedding",
+                row: format!("model {model_id}, prompt {prompt:?}"),
+                detail: format!("{} bytes do not hold {dim} f32 values", blob.len()),
+            }),
+        }
+    }
+
+    /// Stores (or replaces) text embeddings for `model_id`, all in one
+    /// transaction. Returns the number stored.
+    pub fn put_text_embeddings<P, E>(
+        &mut self,
+        model_id: &str,
+        entries: &[(P, E)],
+    ) -> Result<usize, StoreError>
+    where
+        P: AsRef<str>,
+        E: AsRef<[f32]>,
+    {
+        let path = &self.path;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx(path, "starting a write transaction")?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO text_cache (model_id, prompt, embedding, dim) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (model_id, prompt) DO UPDATE SET embedding = excluded.embedding, dim = excluded.dim",
+                )
+                .ctx(path, "preparing the text-cache insert")?;
+            for (prompt, emb) in entries {
+                let emb = emb.as_ref();
+                if emb.is_empty() {
+                    return Err(StoreError::InvalidRecord {
+                        path: path.clone(),
+                        what: format!("a text embedding for prompt {:?}", prompt.as_ref()),
+                        reason: "the embedding is empty".into(),
+                    });
+                }
+                let dim = i64::try_from(emb.len()).unwrap_or(i64::MAX);
+                stmt.execute(params![model_id, prompt.as_ref(), f32_le_bytes(emb), dim])
+                    .ctx(path, "writing the text-embedding cache")?;
+            }
+        }
+        tx.commit()
+            .ctx(path, "committing the text-embedding cache")?;
+        Ok(entries.len())
+    }
+
+    /// Stores (or replaces) the classes `model_id` runs with, in one
+    /// transaction. Classes not in `classes` are left as they are. Returns the
+    /// number stored.
+    pub fn put_classes(
+        &mut self,
+        model_id: &str,
+        classes: &[ClassRecord],
+    ) -> Result<usize, StoreError> {
+        let path = &self.path;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx(path, "starting a write transaction")?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO classes (model_id, name, domain, prompts, embedding) VALUES (?1, ?2, ?3, ?4, ?5) \
+                     ON CONFLICT (model_id, name) DO UPDATE SET domain = excluded.domain, \
+                     prompts = excluded.prompts, embedding = excluded.embedding",
+                )
+                .ctx(path, "preparing the class insert")?;
+            for c in classes {
+                let prompts =
+                    serde_json::to_string(&c.prompts).map_err(|e| StoreError::InvalidRecord {
+                        path: path.clone(),
+                        what: format!("class {:?}", c.name),
+                        reason: e.to_string(),
+                    })?;
+                stmt.execute(params![
+                    model_id,
+                    c.name,
+                    c.domain,
+                    prompts,
+                    f32_le_bytes(&c.embedding)
+                ])
+                .ctx(path, "writing classes")?;
+            }
+        }
+        tx.commit().ctx(path, "committing classes")?;
+        Ok(classes.len())
+    }
+
+    /// The classes stored for `model_id`, by name.
+    pub fn classes(&self, model_id: &str) -> Result<Vec<ClassRecord>, StoreError> {
+        let path = &self.path;
+        let raw: Vec<(String, Option<String>, String, Vec<u8>)> = self
+            .conn
+            .prepare_cached(
+                "SELECT name, domain, prompts, embedding FROM classes WHERE model_id = ?1 ORDER BY name",
+            )
+            .and_then(|mut s| {
+                s.query_map([model_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                    .collect()
+            })
+            .ctx(path, "reading classes")?;
+        raw.into_iter()
+            .map(|(name, domain, prompts, blob)| {
+                let bad = |what, detail| StoreError::InvalidData {
+                    path: path.clone(),
+                    what,
+                    row: format!("model {model_id}, class {name:?}"),
+                    detail,
+                };
+                let prompts: Vec<String> = serde_json::from_str(&prompts)
+                    .map_err(|e| bad("classes.prompts", e.to_string()))?;
+                let embedding = f32_from_le_bytes(&blob).ok_or_else(|| {
+                    bad(
+                        "classes.embedding",
+                        format!("{} bytes is not a whole number of f32 values", blob.len()),
+                    )
+                })?;
+                Ok(ClassRecord {
+                    name,
+                    domain,
+                    prompts,
+                    embedding,
+                })
+            })
+            .collect()
+    }
+}
+
+/// f32 → f16, little-endian, as stored in `frames.embedding`.
+fn f16_le_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter()
+        .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+        .collect()
+}
+
+/// Inverse of [`f16_le_bytes`]; `None` for an odd byte count.
+fn f16_from_le_bytes(b: &[u8]) -> Option<Vec<f32>> {
+    if b.len() % 2 != 0 {
+        return None;
+    }
+    Some(
+        b.chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+    )
+}
+
+/// f32 little-endian, as stored in `text_cache` and `classes`: text
+/// embeddings are few, so they keep full precision.
+fn f32_le_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Inverse of [`f32_le_bytes`]; `None` unless the length is a multiple of 4.
+fn f32_from_le_bytes(b: &[u8]) -> Option<Vec<f32>> {
+    if b.len() % 4 != 0 {
+        return None;
+    }
+    Some(
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A classified frame with a two-entry top-k.
+    pub(crate) fn rec(ts_ms: i64, source: &str, label: &str, score: f32) -> FrameRecord {
+        FrameRecord::classified(
+            ts_ms,
+            source,
+            format!("{source}/{ts_ms}.jpg"),
+            "sha-model",
+            vec![
+                (label.to_string(), score),
+                ("other".to_string(), 1.0 - score),
+            ],
+        )
+    }
+
+    pub(crate) fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("history.db"), &StoreOptions::default()).unwrap();
+        (dir, store)
+    }
+
+    pub(crate) fn count(store: &Store) -> i64 {
+        store
+            .conn
+            .query_row("SELECT COUNT(*) FROM frames", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn connection_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.db");
+        let store = Store::open(&path, &StoreOptions::default()).unwrap();
+        let get = |p: &str| -> String {
+            store
+                .conn
+                .query_row(&format!("PRAGMA {p}"), [], |r| {
+                    r.get::<_, rusqlite::types::Value>(0)
+                })
+                .map(|v| match v {
+                    rusqlite::types::Value::Integer(i) => i.to_string(),
+                    rusqlite::types::Value::Text(t) => t,
+                    other => format!("{other:?}"),
+                })
+                .unwrap()
+        };
+        assert_eq!(get("journal_mode"), "wal");
+        assert_eq!(get("synchronous"), "1"); // NORMAL
+        assert_eq!(get("foreign_keys"), "1");
+        assert_eq!(get("busy_timeout"), "5000");
+        drop(store);
+
+        let full = StoreOptions {
+            synchronous: Synchronous::Full,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(&path, &full).unwrap();
+        let sync: i64 = store
+            .conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2); // FULL
+        assert_eq!("FULL".parse::<Synchronous>(), Ok(Synchronous::Full));
+        assert!("fast"
+            .parse::<Synchronous>()
+            .unwrap_err()
+            .contains("normal"));
+    }
+
+    #[test]
+    fn insert_round_trip_and_f16_embedding() {
+        let (_dir, mut store) = temp_store();
+        let emb: Vec<f32> = (0..512).map(|i| (i as f32 - 256.0) / 300.0).collect();
+        let mut a = rec(1_000, "cam", "dog", 0.75);
+        a.embedding = Some(emb.clone());
+        a.latency_us = Some(1234);
+        a.adapter_id = Some("adapter-1".into());
+        let b = FrameRecord::failed(2_000, "cam", "cam/bad.jpg", "sha-model", "truncated JPEG");
+        assert_eq!(store.insert_frames(&[a.clone(), b]).unwrap(), 2);
+
+        let rows = store
+            .query_frames(&FrameFilter {
+                include_errors: true,
+                ..FrameFilter::default()
+            })
+            .unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].error.as_deref(), Some("truncated JPEG"));
+        assert_eq!(rows[0].label, None);
+        let r = &rows[1];
+        assert_eq!(r.label.as_deref(), Some("dog"));
+        assert_eq!(r.score, Some(0.75));
+        assert_eq!(r.topk, a.topk);
+        assert_eq!(r.latency_us, Some(1234));
+        assert_eq!(r.adapter_id.as_deref(), Some("adapter-1"));
+        assert_eq!(r.model_id, "sha-model");
+
+        let back = store.frame_embedding(r.id).unwrap().unwrap();
+        assert_eq!(back.len(), emb.len());
+        for (x, y) in emb.iter().zip(&back) {
+            // f16 keeps 11 significant bits.
+            assert!((x - y).abs() <= x.abs() / 1024.0 + 1e-6, "{x} vs {y}");
+        }
+        assert_eq!(store.frame_embedding(rows[0].id).unwrap(), None);
+        assert_eq!(store.frame_embedding(9999).unwrap(), None);
+        let blob_len: i64 = store
+            .conn
+            .query_row(
+                "SELECT length(embedding) FROM frames WHERE id = ?1",
+                [r.id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(blob_len, 1024, "512 values at 2 bytes each");
+    }
+
+    #[test]
+    fn invalid_records_are_refused_before_writing() {
+        let (_dir, mut store) = temp_store();
+        let mut both = rec(1, "cam", "dog", 0.5);
+        both.error = Some("x".into());
+        let mut nan = rec(2, "cam", "dog", 0.5);
+        nan.score = Some(f32::NAN);
+        for bad in [both, nan, FrameRecord::default()] {
+            let err = store
+                .insert_frames(&[rec(3, "cam", "ok", 0.5), bad])
+                .unwrap_err();
+            assert!(matches!(err, StoreError::InvalidRecord { .. }), "{err}");
+            assert!(err.to_string().contains("history.db"), "{err}");
+        }
+        assert_eq!(count(&store), 0, "nothing of a refused batch is written");
+        assert_eq!(store.insert_frames(&[]).unwrap(), 0);
+    }
+
+    #[test]
+    fn text_cache_round_trip() {
+        let (_dir, mut store) = temp_store();
+        assert_eq!(
+            store.get_text_embedding("m", "a photo of a dog").unwrap(),
+            None
+        );
+        let dog = vec![0.25f32, -1.5, 3.0e-8, 7.0];
+        let cat = vec![1.0f32; 4];
+        store
+            .put_text_embeddings(
+                "m",
+                &[
+                    ("a photo of a dog", dog.clone()),
+                    ("a photo of a cat", cat.clone()),
+                ],
+            )
+            .unwrap();
+        assert_eq!(
+            store.get_text_embedding("m", "a photo of a dog").unwrap(),
+            Some(dog)
+        );
+        assert_eq!(
+            store
+                .get_text_embedding("other-model", "a photo of a dog")
+                .unwrap(),
+            None
+        );
+        // Replacing keeps one row per (model, prompt).
+        store
+            .put_text_embeddings("m", &[(String::from("a photo of a cat"), vec![2.0f32; 8])])
+            .unwrap();
+        assert_eq!(
+            store.get_text_embedding("m", "a photo of a cat").unwrap(),
+            Some(vec![2.0; 8])
+        );
+        let empty: &[(&str, Vec<f32>)] = &[("p", vec![])];
+        assert!(store.put_text_embeddings("m", empty).is_err());
+    }
+
+    #[test]
+    fn classes_round_trip() {
+        let (_dir, mut store) = temp_store();
+        let classes = vec![
+            ClassRecord {
+                name: "dog".into(),
+                domain: Some("animal".into()),
+                prompts: vec!["a photo of a {}, a kind of animal".into()],
+                embedding: vec![0.5, 0.25],
+            },
+            ClassRecord {
+                name: "pizza".into(),
+                domain: None,
+                prompts: vec![],
+                embedding: vec![1.0, 0.0],
+            },
+        ];
+        assert_eq!(store.put_classes("m", &classes).unwrap(), 2);
+        assert_eq!(store.put_classes("m", &classes[..1]).unwrap(), 1);
+        assert_eq!(store.classes("m").unwrap(), classes);
+        assert!(store.classes("other").unwrap().is_empty());
+    }
+
+    #[test]
+    fn read_only_sees_commits_while_writer_stays_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.db");
+        let mut writer = Store::open(&path, &StoreOptions::default()).unwrap();
+        writer.insert_frames(&[rec(1, "cam", "dog", 0.9)]).unwrap();
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        assert!(PathBuf::from(wal).exists(), "writer is in WAL mode");
+
+        let reader = Store::open_read_only(&path).unwrap();
+        assert_eq!(
+            reader.query_frames(&FrameFilter::default()).unwrap().len(),
+            1
+        );
+        writer
+            .insert_frames(&[rec(2, "cam", "cat", 0.8), rec(3, "cam", "dog", 0.7)])
+            .unwrap();
+        assert_eq!(
+            reader.query_frames(&FrameFilter::default()).unwrap().len(),
+            3
+        );
+        // A reader cannot write.
+        let mut reader = reader;
+        let err = reader
+            .insert_frames(&[rec(4, "cam", "dog", 0.5)])
+            .unwrap_err();
+        assert!(err.to_string().contains("h.db"), "{err}");
+        // The writer can still checkpoint with a reader open.
+        writer.checkpoint().unwrap();
+        writer.insert_frames(&[rec(5, "cam", "dog", 0.5)]).unwrap();
+        assert_eq!(
+            reader.query_frames(&FrameFilter::default()).unwrap().len(),
+            4
+        );
+    }
+
+    #[test]
+    fn read_only_opens_a_closed_wal_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.db");
+        {
+            let mut w = Store::open(&path, &StoreOptions::default()).unwrap();
+            w.insert_frames(&[rec(1, "cam", "dog", 0.9)]).unwrap();
+        }
+        let reader = Store::open_read_only(&path).unwrap();
+        assert_eq!(
+            reader.query_frames(&FrameFilter::default()).unwrap().len(),
+            1
+        );
+    }
+
+    #[test]
+    fn read_only_on_missing_file_errors_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nope.db");
+        let err = Store::open_read_only(&path).unwrap_err();
+        assert!(matches!(err, StoreError::Missing { .. }), "{err}");
+        assert!(err.to_string().contains("nope.db"), "{err}");
+        assert!(!path.exists());
+        let err = Store::open_read_only(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::IsDirectory { .. }), "{err}");
+        let err = Store::open(dir.path(), &StoreOptions::default()).unwrap_err();
+        assert!(matches!(err, StoreError::IsDirectory { .. }), "{err}");
+    }
+
+    #[test]
+    fn failed_open_leaves_no_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing-dir").join("h.db");
+        let err = Store::open(&path, &StoreOptions::default()).unwrap_err();
+        assert!(matches!(err, StoreError::Open { .. }), "{err}");
+        assert!(err.to_string().contains("directory exists"), "{err}");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn disk_full_is_a_clear_error_and_keeps_committed_rows() {
+        let (_dir, mut store) = temp_store();
+        store.insert_frames(&[rec(1, "cam", "dog", 0.9)]).unwrap();
+        let pages: i64 = store
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        store
+            .conn
+            .pragma_update(None, "max_page_count", pages)
+            .unwrap();
+        let mut big = rec(2, "cam", "dog", 0.9);
+        big.embedding = Some(vec![0.5; 64 * 1024]);
+        let err = store.insert_frames(&[big]).unwrap_err();
+        assert!(err.is_disk_full(), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("history.db") && msg.contains("disk full"),
+            "{msg}"
+        );
+        assert_eq!(count(&store), 1);
+    }
+
+    #[test]
+    fn errors_name_the_path() {
+        let e = StoreError::SchemaTooNew {
+            path: "/x/y.db".into(),
+            found: 3,
+            supported: 1,
+        };
+        assert_eq!(
+            e.to_string(),
+            "database /x/y.db is newer (schema 3) than this clipd (schema 1): upgrade clipd"
+        );
+        assert_eq!(e.path(), Path::new("/x/y.db"));
+    }
+
+    #[test]
+    fn store_is_send() {
+        fn send<T: Send>() {}
+        send::<Store>();
+        send::<StoreError>();
+    }
+}
