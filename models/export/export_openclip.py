@@ -263,6 +263,21 @@ def tract_check(path: Path, shape: list[int], dt: str, x, expected) -> str:
     return f"ok (min cosine vs ORT {cos:.6f})"
 
 
+def _fuse_train_time_branches(model):
+    """Fold MobileOne/RepMixer-style parallel branches into single convolutions.
+
+    MobileCLIP's timm towers keep their training-time multi-branch blocks until they are
+    reparameterised; traced as they are, the exported graph does not reproduce PyTorch (measured
+    on MobileCLIP-S1: max abs diff 0.32). timm's `reparameterize_model` fuses them exactly, and is
+    a no-op for models without such blocks (the open_clip ViTs).
+    """
+    try:
+        from timm.utils import reparameterize_model
+    except ImportError:
+        return model
+    return reparameterize_model(model)
+
+
 def load_openclip(model_name: str, pretrained: str):
     """Create an open_clip model; `none` gives random weights, a file path loads local weights."""
     open_clip = require("open_clip", "open_clip_torch")
@@ -279,6 +294,7 @@ def load_openclip(model_name: str, pretrained: str):
     except Exception as e:  # open_clip raises several types for missing/unknown weights
         raise ExportError(f"{model_name}: cannot load pretrained '{pretrained}' ({str(e).splitlines()[0]}); "
                           "offline, pass a local checkpoint file or --pretrained none")
+    model = _fuse_train_time_branches(model.eval())
     cfg = open_clip.get_model_config(model_name) or {}
     image_size = model.visual.image_size
     image_size = image_size[0] if isinstance(image_size, (tuple, list)) else int(image_size)
