@@ -24,6 +24,8 @@ pub struct ConfigError {
 pub struct Config {
     /// Model bundle directory (default: `models/tiny-clip`).
     pub bundle: Option<PathBuf>,
+    /// Few-shot adapter file from `clipd train` (default: none, zero-shot).
+    pub adapter: Option<PathBuf>,
     /// How many classes to keep per frame.
     #[serde(default = "default_top_k")]
     pub top_k: usize,

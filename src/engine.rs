@@ -1,16 +1,22 @@
 //! Start-up wiring shared by `run`, `classify` and `bench`: bundle → image encoder → class
 //! prompts → text embeddings (from the cache when possible) → zero-shot head. Everything that
 //! can be wrong with the inputs is found here, before any database is created.
+//!
+//! With a few-shot adapter the text side comes from the adapter file instead: its zero-shot
+//! class embeddings feed the `classes` table and its trained head classifies, so the text
+//! encoder is never loaded.
 
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::adapter::file::{Adapter, AdapterError};
+use crate::adapter::AdaptedHead;
 use crate::bundle::{Bundle, BundleError};
 use crate::classes::{
     build_head, distinct_prompts, ClassSpec, ClassesError, LabelIndex, PromptEmbedder,
 };
 use crate::encoder::{EncoderError, EncoderOptions, TractImageEncoder};
-use crate::head::ZeroShotHead;
+use crate::head::{Classifier, ZeroShotHead};
 use crate::store::{ClassRecord, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +27,8 @@ pub enum EngineError {
     Encoder(#[from] EncoderError),
     #[error(transparent)]
     Classes(#[from] ClassesError),
+    #[error(transparent)]
+    Adapter(#[from] AdapterError),
 }
 
 /// A loaded model ready to classify, plus what the history database still needs to learn.
@@ -35,6 +43,8 @@ pub struct Engine {
     pub new_prompt_embeddings: Vec<(String, Vec<f32>)>,
     /// How many prompt embeddings came from the cache.
     pub cached_prompts: usize,
+    /// The few-shot adapter that replaces the zero-shot head, if one was given.
+    pub adapter: Option<Adapter>,
 }
 
 impl Engine {
@@ -45,9 +55,36 @@ impl Engine {
         classes: Vec<ClassSpec>,
         opts: EncoderOptions,
         cache_db: Option<&Path>,
+        adapter: Option<&Path>,
     ) -> Result<Engine, EngineError> {
         let bundle = Bundle::open(bundle_dir)?;
+        // Check the adapter before the (slower) encoder load: a mismatch is the likelier error.
+        let adapter = match adapter {
+            Some(path) => {
+                let a = Adapter::load(path)?;
+                a.check(path, &bundle, &classes)?;
+                Some(a)
+            }
+            None => None,
+        };
         let image_encoder = TractImageEncoder::load(&bundle, opts)?;
+        let m = &bundle.manifest;
+        if let Some(a) = adapter {
+            let labels = classes.iter().map(|c| c.name.clone()).collect();
+            let head = ZeroShotHead::new(labels, a.text.data.clone(), m.embed_dim, m.logit_scale)
+                .map_err(ClassesError::from)?;
+            let class_embeddings = (0..a.text.rows).map(|i| a.text.row(i).to_vec()).collect();
+            return Ok(Engine {
+                bundle,
+                image_encoder,
+                classes,
+                head,
+                class_embeddings,
+                new_prompt_embeddings: Vec::new(),
+                cached_prompts: 0,
+                adapter: Some(a),
+            });
+        }
         let prompts = distinct_prompts(&classes);
         let mut embeddings: HashMap<String, Vec<f32>> = HashMap::new();
         if let Some(db) = cache_db.filter(|p| p.exists()) {
@@ -72,7 +109,6 @@ impl Engine {
                 new_prompt_embeddings.push((p, e));
             }
         }
-        let m = &bundle.manifest;
         let (head, class_embeddings) =
             build_head(&classes, &embeddings, m.embed_dim, m.logit_scale)
                 .map_err(ClassesError::from)?;
@@ -84,7 +120,24 @@ impl Engine {
             class_embeddings,
             new_prompt_embeddings,
             cached_prompts,
+            adapter: None,
         })
+    }
+
+    /// What frames are classified with: the adapter's head if there is one, else zero-shot.
+    pub fn classifier(&self) -> Box<dyn Classifier> {
+        match &self.adapter {
+            Some(a) => Box::new(AdaptedHead::new(
+                self.head.labels().to_vec(),
+                a.head.clone(),
+            )),
+            None => Box::new(self.head.clone()),
+        }
+    }
+
+    /// The adapter's id (logged with every frame), if an adapter is in use.
+    pub fn adapter_id(&self) -> Option<String> {
+        self.adapter.as_ref().map(|a| a.id.clone())
     }
 
     /// Maps known labels onto this engine's classes.

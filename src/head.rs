@@ -204,15 +204,44 @@ impl ZeroShotHead {
 
     /// Softmax over the logits, top-1 and top-k.
     pub fn predict(&self, feature: &[f32], k: usize) -> Prediction {
-        let mut p = self.logits(feature);
-        softmax(&mut p);
-        let top = top_k(&p, k.max(1));
-        let class = top[0];
-        Prediction {
-            class,
-            score: p[class],
-            top_k: top.into_iter().map(|i| (i, p[i])).collect(),
-        }
+        predict_from_logits(self.logits(feature), k)
+    }
+}
+
+/// Softmax over `logits`, then the top-1 class and the `k` best.
+pub fn predict_from_logits(mut p: Vec<f32>, k: usize) -> Prediction {
+    softmax(&mut p);
+    let top = top_k(&p, k.max(1));
+    let class = top.first().copied().unwrap_or(0);
+    Prediction {
+        class,
+        score: p.get(class).copied().unwrap_or(0.0),
+        top_k: top.into_iter().map(|i| (i, p[i])).collect(),
+    }
+}
+
+/// What the pipeline classifies a normalised image embedding with: the zero-shot head or a
+/// few-shot adapter.
+pub trait Classifier: Send + Sync {
+    fn labels(&self) -> &[String];
+    fn dim(&self) -> usize;
+    /// Logits over the classes for one L2-normalised embedding.
+    fn logits(&self, feature: &[f32]) -> Vec<f32>;
+    /// Softmax, top-1 and the `k` best.
+    fn predict(&self, feature: &[f32], k: usize) -> Prediction {
+        predict_from_logits(self.logits(feature), k)
+    }
+}
+
+impl Classifier for ZeroShotHead {
+    fn labels(&self) -> &[String] {
+        ZeroShotHead::labels(self)
+    }
+    fn dim(&self) -> usize {
+        ZeroShotHead::dim(self)
+    }
+    fn logits(&self, feature: &[f32]) -> Vec<f32> {
+        ZeroShotHead::logits(self, feature)
     }
 }
 

@@ -3,6 +3,7 @@
 //! Frames flow `source → preprocess → encoder → head → store`; each stage is a module here
 //! (see ARCHITECTURE.md). The `clipd` binary is a thin CLI over this library.
 
+pub mod adapter;
 pub mod bundle;
 pub mod classes;
 pub mod config;
@@ -12,6 +13,8 @@ pub mod head;
 pub mod npy;
 pub mod pipeline;
 pub mod preprocess;
+pub mod report;
+pub mod rng;
 pub mod source;
 pub mod store;
 pub mod tokenizer;

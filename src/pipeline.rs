@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::classes::LabelIndex;
 use crate::encoder::{l2_normalize_rows, ImageEncoder};
-use crate::head::ZeroShotHead;
+use crate::head::Classifier;
 use crate::preprocess::{decode_bytes, decode_file, to_rgb8, DecodeLimits, Transform};
 use crate::source::{Frame, FrameSource, Next, Payload};
 
@@ -180,7 +180,7 @@ pub fn run<S: Sink + 'static>(
     sources: Vec<Box<dyn FrameSource>>,
     transform: Transform,
     mut encoder: Box<dyn ImageEncoder>,
-    head: ZeroShotHead,
+    head: Box<dyn Classifier>,
     labels: Option<LabelIndex>,
     mut sink: S,
     opts: PipelineOptions,
@@ -571,7 +571,7 @@ mod tests {
             size: 4,
             calls: calls.clone(),
         };
-        let head = ZeroShotHead::new(
+        let head = crate::head::ZeroShotHead::new(
             vec!["bright".into(), "dark".into()],
             vec![1.0, 0.0, 0.0, 1.0],
             2,
@@ -604,7 +604,7 @@ mod tests {
             vec![Box::new(Frames(frames))],
             t,
             Box::new(enc),
-            head,
+            Box::new(head),
             Some(LabelIndex::new(&classes)),
             VecSink::default(),
             opts,

@@ -211,6 +211,58 @@ impl Transform {
     }
 }
 
+/// Tip-Adapter's training augmentation: torchvision's `RandomResizedCrop(size, scale=(0.5, 1),
+/// ratio=(3/4, 4/3), bicubic)` followed by `RandomHorizontalFlip(0.5)`, drawn from `rng`.
+/// Returns a `size × size` image for [`Transform::apply`] (which then only normalises).
+pub fn augment(img: &RgbImage, size: usize, rng: &mut crate::rng::Rng) -> RgbImage {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let (cw, ch, left, top) = random_crop_box(w, h, rng);
+    let mut crop = Vec::with_capacity(cw * ch * 3);
+    for y in top..top + ch {
+        let start = (y * w + left) * 3;
+        crop.extend_from_slice(&img.as_raw()[start..start + cw * 3]);
+    }
+    let mut out = resize_crop(&crop, cw, ch, 3, size, size, 0, 0, size, size);
+    if rng.uniform() < 0.5 {
+        for row in out.chunks_exact_mut(size * 3) {
+            for x in 0..size / 2 {
+                for c in 0..3 {
+                    row.swap(x * 3 + c, (size - 1 - x) * 3 + c);
+                }
+            }
+        }
+    }
+    RgbImage::from_raw(size as u32, size as u32, out).unwrap_or_else(|| RgbImage::new(1, 1))
+}
+
+/// torchvision's `RandomResizedCrop.get_params` with scale (0.5, 1) and ratio (3/4, 4/3):
+/// ten tries at a random area and aspect ratio, then a centred crop clamped to the ratio range.
+fn random_crop_box(w: usize, h: usize, rng: &mut crate::rng::Rng) -> (usize, usize, usize, usize) {
+    let area = (w * h) as f64;
+    let (lo, hi) = ((3.0f64 / 4.0).ln(), (4.0f64 / 3.0).ln());
+    for _ in 0..10 {
+        let target = area * rng.range(0.5, 1.0);
+        let ratio = rng.range(lo, hi).exp();
+        let cw = (target * ratio).sqrt().round() as usize;
+        let ch = (target / ratio).sqrt().round() as usize;
+        if cw > 0 && ch > 0 && cw <= w && ch <= h {
+            let top = rng.below(h - ch + 1);
+            let left = rng.below(w - cw + 1);
+            return (cw, ch, left, top);
+        }
+    }
+    let in_ratio = w as f64 / h.max(1) as f64;
+    let (cw, ch) = if in_ratio < 3.0 / 4.0 {
+        (w, ((w as f64) / (3.0 / 4.0)).round() as usize)
+    } else if in_ratio > 4.0 / 3.0 {
+        (((h as f64) * (4.0 / 3.0)).round() as usize, h)
+    } else {
+        (w, h)
+    };
+    let (cw, ch) = (cw.clamp(1, w.max(1)), ch.clamp(1, h.max(1)));
+    (cw, ch, (w - cw) / 2, (h - ch) / 2)
+}
+
 /// torchvision's `Resize(int)` output size: the shorter side becomes `size`, the longer one is
 /// scaled and truncated.
 pub fn resized_dims(w: usize, h: usize, size: usize) -> (usize, usize) {
@@ -459,6 +511,34 @@ mod tests {
         assert_eq!(&out[0..4], &[1.0; 4]);
         assert_eq!(&out[4..8], &[2.0; 4]);
         assert_eq!(&out[8..12], &[-0.5; 4]);
+    }
+
+    #[test]
+    fn augmentation_is_seeded_square_and_keeps_content() {
+        // Left half red, right half blue: any crop keeps only these two colours (up to
+        // resampling at the seam), and a fixed seed repeats exactly.
+        let mut img = RgbImage::new(40, 30);
+        for (x, _, p) in img.enumerate_pixels_mut() {
+            *p = if x < 20 {
+                image::Rgb([255, 0, 0])
+            } else {
+                image::Rgb([0, 0, 255])
+            };
+        }
+        let mut a = crate::rng::Rng::new(3);
+        let mut b = crate::rng::Rng::new(3);
+        let mut flips = 0;
+        for _ in 0..20 {
+            let x = augment(&img, 16, &mut a);
+            assert_eq!((x.width(), x.height()), (16, 16));
+            assert_eq!(x, augment(&img, 16, &mut b));
+            assert!(x.pixels().all(|p| p[1] == 0));
+            // Red on the right edge means the crop was mirrored.
+            flips += usize::from(x.get_pixel(15, 8)[0] > 128);
+            let (w, h, l, t) = random_crop_box(40, 30, &mut crate::rng::Rng::new(flips as u64));
+            assert!(w * h * 2 >= 40 * 30 - 40 && l + w <= 40 && t + h <= 30);
+        }
+        assert!((3..18).contains(&flips), "{flips} of 20 mirrored");
     }
 
     #[test]

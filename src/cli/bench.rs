@@ -1,5 +1,6 @@
 //! `clipd bench`: image encoder alone versus the whole pipeline (decode + preprocess + encode +
-//! head + store), at each batch size.
+//! head + store), at each batch size; with an adapter, also the head's own cost per frame
+//! (zero-shot versus adapter), which is what a few-shot adapter adds to the frame path.
 
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -13,18 +14,23 @@ use clap::Args;
 use clipd::classes::ClassSpec;
 use clipd::encoder::{EncoderOptions, ImageEncoder, TractImageEncoder};
 use clipd::engine::Engine;
+use clipd::head::Classifier;
 use clipd::pipeline::{self, PipelineOptions};
 use clipd::preprocess::Transform;
 use clipd::source::{self, FrameSource, Next, Payload};
 use clipd::store::{BatchWriter, FrameRecord, Store, StoreOptions};
 
 use super::run::to_record;
-use super::{bundle_dir, demo_config, load_config, ModelArgs, UsageError};
+use super::{
+    adapter_path, bundle_dir, demo_config, load_config, AdapterArg, ModelArgs, UsageError,
+};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    adapter: AdapterArg,
     /// Batch sizes to measure, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     batch: Vec<usize>,
@@ -70,7 +76,14 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
     }
 
     let classes = ClassSpec::from_config(&c.classes, &c.prompts);
-    let engine = Engine::load(&bundle, classes, EncoderOptions { batch: 1, threads }, None)?;
+    let adapter = adapter_path(args.adapter.adapter.as_deref(), Some(&cfg));
+    let engine = Engine::load(
+        &bundle,
+        classes,
+        EncoderOptions { batch: 1, threads },
+        None,
+        adapter.as_deref(),
+    )?;
     let t = Transform::from_spec(&engine.bundle.manifest.image);
     let mut tensors = Vec::new();
     for p in files.iter().take(256) {
@@ -90,6 +103,12 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
         files.len(),
         engine.classes.len()
     );
+    if let Some(a) = &engine.adapter {
+        println!(
+            "adapter {} ({}, {} shots per class)",
+            a.id, a.meta.method, a.meta.shots
+        );
+    }
 
     let tmp = std::env::temp_dir().join(format!("clipd-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
@@ -111,13 +130,17 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
             ));
             let enc = TractImageEncoder::load(&engine.bundle, opts)?;
             let model_id = engine.bundle.model_id();
-            let sink = BenchSink { tx, model_id };
+            let sink = BenchSink {
+                tx,
+                model_id,
+                adapter_id: engine.adapter_id(),
+            };
             let started = Instant::now();
             let (stats, sink) = pipeline::run(
                 vec![src],
                 t.clone(),
                 Box::new(enc),
-                engine.head.clone(),
+                engine.classifier(),
                 None,
                 sink,
                 PipelineOptions {
@@ -167,7 +190,42 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
         );
     }
     println!("(ms are per image; overhead = pipeline ms / encoder ms)");
+
+    if engine.adapter.is_some() {
+        let mut enc =
+            TractImageEncoder::load(&engine.bundle, EncoderOptions { batch: 1, threads })?;
+        let enc_ms = time_encoder(&mut enc, &tensors, files.len())?;
+        let mut feats = Vec::with_capacity(tensors.len());
+        for px in &tensors {
+            let mut e = enc.encode(px, 1)?;
+            clipd::encoder::l2_normalize_rows(&mut e, engine.bundle.manifest.embed_dim);
+            feats.push(e);
+        }
+        let zero_us = time_head(&engine.head, &feats, c.top_k);
+        let adapted_us = time_head(engine.classifier().as_ref(), &feats, c.top_k);
+        let frame_zero = enc_ms * 1000.0 + zero_us;
+        println!(
+            "head per frame: zero-shot {zero_us:.1} µs, adapter {adapted_us:.1} µs; \
+             the adapter adds {:.2}% to encoder + head ({:.3} ms per frame at batch 1)",
+            100.0 * (adapted_us - zero_us) / frame_zero,
+            frame_zero / 1000.0
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Microseconds per frame for `head` to turn an embedding into a prediction.
+fn time_head(head: &dyn Classifier, feats: &[Vec<f32>], k: usize) -> f64 {
+    let rounds = (20_000 / feats.len().max(1)).max(1);
+    let started = Instant::now();
+    let mut sink = 0usize;
+    for _ in 0..rounds {
+        for f in feats {
+            sink = sink.wrapping_add(head.predict(f, k).class);
+        }
+    }
+    std::hint::black_box(sink);
+    started.elapsed().as_secs_f64() * 1e6 / (rounds * feats.len()).max(1) as f64
 }
 
 /// Milliseconds per image for the encoder alone over `count` images (after one warm-up batch).
@@ -191,12 +249,15 @@ fn time_encoder(enc: &mut TractImageEncoder, tensors: &[Vec<f32>], count: usize)
 struct BenchSink {
     tx: std::sync::mpsc::SyncSender<FrameRecord>,
     model_id: String,
+    adapter_id: Option<String>,
 }
 
 impl pipeline::Sink for BenchSink {
     fn accept(&mut self, r: pipeline::FrameResult) -> Result<(), String> {
+        let mut rec = to_record(r, &self.model_id);
+        rec.adapter_id = self.adapter_id.clone();
         self.tx
-            .send(to_record(r, &self.model_id))
+            .send(rec)
             .map_err(|_| "the database writer stopped".to_string())
     }
 }

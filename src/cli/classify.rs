@@ -20,7 +20,9 @@ use clipd::preprocess::Transform;
 use clipd::source::FileListSource;
 use clipd::store::is_broken_pipe;
 
-use super::{bundle_dir, load_config, ModelArgs, UsageError, SOME_FAILED};
+use super::{
+    adapter_path, bundle_dir, load_config, AdapterArg, ModelArgs, UsageError, SOME_FAILED,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
@@ -36,6 +38,8 @@ pub struct ClassifyArgs {
     images: Vec<PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    adapter: AdapterArg,
     /// How many classes to report per image [default: the config's top_k].
     #[arg(long, value_name = "N")]
     top_k: Option<usize>,
@@ -79,7 +83,9 @@ pub fn classify(args: ClassifyArgs) -> Result<ExitCode> {
     let classes = ClassSpec::from_config(&c.classes, &c.prompts);
     // Reuse the daemon's text-embedding cache when there is one; never create a database here.
     let db = cfg.resolve(&c.store.path);
-    let engine = Engine::load(&bundle, classes, opts, Some(&db))?;
+    let adapter = adapter_path(args.adapter.adapter.as_deref(), Some(&cfg));
+    let engine = Engine::load(&bundle, classes, opts, Some(&db), adapter.as_deref())?;
+    let classifier = engine.classifier();
     let source = FileListSource::new("classify".into(), args.images.clone(), LabelsFrom::None);
     let popts = PipelineOptions {
         decode_threads: c.engine.decode_threads,
@@ -93,7 +99,7 @@ pub fn classify(args: ClassifyArgs) -> Result<ExitCode> {
         vec![Box::new(source)],
         Transform::from_spec(&engine.bundle.manifest.image),
         Box::new(engine.image_encoder),
-        engine.head,
+        classifier,
         None,
         VecSink::default(),
         popts,

@@ -3,8 +3,11 @@
 mod bench;
 mod classify;
 mod embed;
+mod eval;
+mod progress;
 mod query;
 mod run;
+mod train;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,6 +15,9 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
+use clipd::adapter::file::AdapterError;
+use clipd::adapter::support::SupportError;
+use clipd::adapter::train::TrainError;
 use clipd::bundle::BundleError;
 use clipd::classes::ClassesError;
 use clipd::config::{self, ConfigError, Loaded};
@@ -28,9 +34,10 @@ Exit status:
   0  success
   1  some inputs (images, frames) could not be processed; the others were
   2  usage or configuration error (bad option, config key or type, no classes,
-     a source without images)
-  3  model bundle error (missing file, wrong sha256, inconsistent shapes,
-     unloadable encoder or tokenizer)
+     a source without images, a support folder that matches no class, an
+     adapter trained for other classes)
+  3  model bundle or adapter error (missing file, wrong sha256, inconsistent
+     shapes, unloadable encoder or tokenizer, adapter for another bundle)
   4  I/O or database error
 
 Environment: RUST_LOG (e.g. RUST_LOG=debug) controls logging on stderr.";
@@ -63,9 +70,15 @@ enum Command {
     /// Run the built-in demo: the tiny model on the committed sample frames, with a summary.
     #[command(after_help = EXIT_CODES)]
     Demo(run::DemoArgs),
-    /// Measure encoder and whole-pipeline throughput.
+    /// Measure encoder and whole-pipeline throughput (and an adapter's cost per frame).
     #[command(after_help = EXIT_CODES)]
     Bench(bench::BenchArgs),
+    /// Train a few-shot adapter from a support directory (one folder of shots per class).
+    #[command(after_help = EXIT_CODES)]
+    Train(train::TrainArgs),
+    /// Compare zero-shot and few-shot methods over shot counts and random support draws.
+    #[command(after_help = EXIT_CODES)]
+    Eval(eval::EvalArgs),
 }
 
 /// Options of every command that loads the model.
@@ -80,6 +93,14 @@ pub struct ModelArgs {
     /// Encoder threads (overrides the config's engine.threads).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+}
+
+/// `--adapter` for the commands that classify.
+#[derive(Debug, Clone, Args)]
+pub struct AdapterArg {
+    /// Few-shot adapter from `clipd train` [default: the config's `adapter`, else zero-shot].
+    #[arg(long, value_name = "FILE")]
+    pub adapter: Option<PathBuf>,
 }
 
 /// A usage problem found after parsing (exit status 2).
@@ -111,6 +132,8 @@ pub fn try_main(cli: Cli) -> Result<ExitCode> {
         Command::Run(a) => run::run(a),
         Command::Demo(a) => run::demo(a),
         Command::Bench(a) => bench::bench(a),
+        Command::Train(a) => train::train(a),
+        Command::Eval(a) => eval::eval(a),
     }
 }
 
@@ -135,7 +158,24 @@ pub fn one_line(e: &anyhow::Error) -> String {
 /// Map an error to the documented exit status.
 pub fn exit_code(e: &anyhow::Error) -> ExitCode {
     for cause in e.chain() {
-        let code = if cause.is::<UsageError>()
+        let adapter = cause.downcast_ref::<AdapterError>().or(match cause.downcast_ref() {
+            Some(EngineError::Adapter(a)) => Some(a),
+            _ => None,
+        });
+        let code = if let Some(a) = adapter {
+            match a {
+                AdapterError::Io { .. } => 4,
+                AdapterError::Classes { .. } => 2,
+                _ => 3,
+            }
+        } else if let Some(s) = cause.downcast_ref::<SupportError>() {
+            match s {
+                SupportError::Io { .. } => 4,
+                SupportError::Encoder(_) => 3,
+                _ => 2,
+            }
+        } else if cause.is::<UsageError>()
+            || cause.is::<TrainError>()
             || cause.is::<ConfigError>()
             || cause.is::<TimeSpecError>()
             || matches!(cause.downcast_ref(), Some(SourceError::Setup { .. }))
@@ -188,6 +228,14 @@ pub fn load_config(path: Option<&Path>) -> Result<Option<Loaded>> {
             }
         }
     }
+}
+
+/// `--adapter`, else the config's adapter, else none (zero-shot).
+pub fn adapter_path(arg: Option<&Path>, cfg: Option<&Loaded>) -> Option<PathBuf> {
+    if let Some(a) = arg {
+        return Some(a.to_path_buf());
+    }
+    cfg.and_then(|l| l.config.adapter.as_ref().map(|a| l.resolve(a)))
 }
 
 /// `--bundle`, else the config's bundle, else `models/tiny-clip`.

@@ -20,12 +20,17 @@ use clipd::preprocess::Transform;
 use clipd::source::{self, FrameSource};
 use clipd::store::{BatchWriter, FrameRecord, Store, StoreOptions, WriterSummary};
 
-use super::{bundle_dir, demo_config, load_config, ModelArgs, UsageError, SOME_FAILED};
+use super::{
+    adapter_path, bundle_dir, demo_config, load_config, AdapterArg, ModelArgs, UsageError,
+    SOME_FAILED,
+};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    adapter: AdapterArg,
     /// Exit once every source is exhausted instead of watching for new frames.
     #[arg(long)]
     once: bool,
@@ -54,7 +59,15 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         .into());
     };
     let bundle = bundle_dir(args.model.bundle.as_deref(), Some(&cfg));
-    execute(&cfg, bundle, args.db, args.model.threads, args.once)
+    let adapter = adapter_path(args.adapter.adapter.as_deref(), Some(&cfg));
+    execute(
+        &cfg,
+        bundle,
+        adapter,
+        args.db,
+        args.model.threads,
+        args.once,
+    )
 }
 
 /// The demo: `run --once` with the built-in configuration.
@@ -66,13 +79,14 @@ pub fn demo(args: DemoArgs) -> Result<ExitCode> {
         cfg.resolve(std::path::Path::new(&cfg.config.sources[0].path))
             .display()
     );
-    execute(&cfg, bundle, args.db, None, true)
+    execute(&cfg, bundle, None, args.db, None, true)
 }
 
 /// Sends results to the store thread.
 struct StoreSink {
     tx: SyncSender<FrameRecord>,
     model_id: String,
+    adapter_id: Option<String>,
 }
 
 impl Sink for StoreSink {
@@ -80,7 +94,8 @@ impl Sink for StoreSink {
         if let Err(f) = &r.outcome {
             log::warn!("{}", f.message);
         }
-        let rec = to_record(r, &self.model_id);
+        let mut rec = to_record(r, &self.model_id);
+        rec.adapter_id = self.adapter_id.clone();
         self.tx
             .send(rec)
             .map_err(|_| "the database writer stopped".to_string())
@@ -101,6 +116,7 @@ pub fn to_record(r: FrameResult, model_id: &str) -> FrameRecord {
 pub fn execute(
     cfg: &Loaded,
     bundle: PathBuf,
+    adapter: Option<PathBuf>,
     db: Option<PathBuf>,
     threads: Option<usize>,
     once: bool,
@@ -125,13 +141,22 @@ pub fn execute(
         threads: threads.unwrap_or(c.engine.threads),
     };
     let classes = ClassSpec::from_config(&c.classes, &c.prompts);
-    let engine = Engine::load(&bundle, classes, opts, Some(&db))?;
-    log::info!(
-        "model {} loaded; {} prompts from cache, {} embedded",
-        engine.bundle.model_id(),
-        engine.cached_prompts,
-        engine.new_prompt_embeddings.len()
-    );
+    let engine = Engine::load(&bundle, classes, opts, Some(&db), adapter.as_deref())?;
+    match &engine.adapter {
+        Some(a) => log::info!(
+            "model {} loaded; adapter {} ({}, {} shots per class)",
+            engine.bundle.model_id(),
+            a.id,
+            a.meta.method,
+            a.meta.shots
+        ),
+        None => log::info!(
+            "model {} loaded; {} prompts from cache, {} embedded",
+            engine.bundle.model_id(),
+            engine.cached_prompts,
+            engine.new_prompt_embeddings.len()
+        ),
+    }
 
     if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
@@ -148,9 +173,11 @@ pub fn execute(
     let (tx, rx) = sync_channel::<FrameRecord>(c.engine.queue.max(1));
     let writer = BatchWriter::spawn(store, rx)?;
     let model_id = engine.bundle.model_id();
+    let adapter_id = engine.adapter_id();
     let sink = StoreSink {
         tx,
         model_id: model_id.clone(),
+        adapter_id: adapter_id.clone(),
     };
     let labels = engine.label_index();
     let popts = PipelineOptions {
@@ -162,7 +189,7 @@ pub fn execute(
         keep_embeddings: c.store.embeddings,
     };
     let transform = Transform::from_spec(&engine.bundle.manifest.image);
-    let head = engine.head.clone();
+    let head = engine.classifier();
     let result = pipeline::run(
         sources,
         transform,
@@ -186,7 +213,7 @@ pub fn execute(
     let written = writer
         .join()
         .map_err(|_| anyhow::anyhow!("the database writer thread panicked"))?;
-    print_summary(&stats, &written, &db, &model_id);
+    print_summary(&stats, &written, &db, &model_id, adapter_id.as_deref());
     if let Some(e) = written.first_error {
         return Err(e.into());
     }
@@ -197,7 +224,13 @@ pub fn execute(
     })
 }
 
-fn print_summary(s: &RunStats, w: &WriterSummary, db: &std::path::Path, model_id: &str) {
+fn print_summary(
+    s: &RunStats,
+    w: &WriterSummary,
+    db: &std::path::Path,
+    model_id: &str,
+    adapter_id: Option<&str>,
+) {
     let mut out = String::new();
     let secs = s.elapsed.as_secs_f64().max(1e-9);
     out.push_str(&format!(
@@ -247,6 +280,9 @@ fn print_summary(s: &RunStats, w: &WriterSummary, db: &std::path::Path, model_id
         out.push_str(&format!("most frequent labels: {}\n", top.join(", ")));
     }
     out.push_str(&format!("model: {model_id}\n"));
+    if let Some(a) = adapter_id {
+        out.push_str(&format!("adapter: {a}\n"));
+    }
     out.push_str(&format!("database: {} ({w})\n", db.display()));
     // A closed stdout (e.g. piped into `head`) is not worth failing the run over.
     let _ = std::io::stdout().lock().write_all(out.as_bytes());
