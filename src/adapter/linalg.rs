@@ -198,6 +198,17 @@ impl<T: Real> Mat<T> {
     pub fn matmul_t(&self, other: &Mat<T>) -> Mat<T> {
         assert_eq!(self.cols, other.cols, "matmul_t shapes");
         let mut out = Mat::zeros(self.rows, other.rows);
+        if self.rows <= 2 {
+            // One frame against a class matrix or cache on the frame path: GEMM would repack
+            // all of `other` per call, which costs more than the dot products themselves.
+            for (i, o) in out.data.chunks_exact_mut(other.rows.max(1)).enumerate() {
+                let a = self.row(i);
+                for (v, b) in o.iter_mut().zip(other.data.chunks_exact(other.cols.max(1))) {
+                    *v = a.iter().zip(b).map(|(&x, &y)| x * y).sum();
+                }
+            }
+            return out;
+        }
         T::gemm(
             self.rows,
             self.cols,
@@ -378,6 +389,22 @@ mod tests {
         let f = Mat::<f32>::from_f32(2, 3, &[1., 2., 3., 4., 5., 6.]);
         let g = Mat::<f32>::from_f32(3, 2, &[7., 8., 9., 10., 11., 12.]);
         assert_eq!(f.matmul(&g).data, vec![58., 64., 139., 154.]);
+    }
+
+    #[test]
+    fn single_row_path_agrees_with_gemm() {
+        let mut r = crate::rng::Rng::new(5);
+        let mut rand = |rows: usize, cols: usize| {
+            Mat::from_vec(rows, cols, (0..rows * cols).map(|_| r.normal()).collect())
+        };
+        let (x, other) = (rand(5, 7), rand(9, 7));
+        let all = x.matmul_t(&other);
+        for i in 0..5 {
+            let one = x.select_rows(&[i]).matmul_t(&other);
+            for (a, b) in one.data.iter().zip(all.row(i)) {
+                assert!((a - b).abs() < 1e-12);
+            }
+        }
     }
 
     #[test]

@@ -158,10 +158,12 @@ pub fn one_line(e: &anyhow::Error) -> String {
 /// Map an error to the documented exit status.
 pub fn exit_code(e: &anyhow::Error) -> ExitCode {
     for cause in e.chain() {
-        let adapter = cause.downcast_ref::<AdapterError>().or(match cause.downcast_ref() {
-            Some(EngineError::Adapter(a)) => Some(a),
-            _ => None,
-        });
+        let adapter = cause
+            .downcast_ref::<AdapterError>()
+            .or(match cause.downcast_ref() {
+                Some(EngineError::Adapter(a)) => Some(a),
+                _ => None,
+            });
         let code = if let Some(a) = adapter {
             match a {
                 AdapterError::Io { .. } => 4,
