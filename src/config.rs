@@ -41,6 +41,8 @@ pub struct Config {
     pub prompts: PromptConfig,
     #[serde(default)]
     pub classes: Vec<ClassConfig>,
+    /// Transductive refinement of recent frames (absent: none).
+    pub refine: Option<crate::refiner::RefineConfig>,
 }
 
 fn default_top_k() -> usize {

@@ -7,7 +7,9 @@
 //!   text adapter for `jclip`, learned for `cross-modal`);
 //! - `image.w1` d×h, `image.w2` h×d: the image-side adapter (`jclip`, `clip-adapter`);
 //! - `cache.keys` S×d, `cache.labels` S (i64): Tip-Adapter(-F)'s cache;
-//! - `linear.weight` K×d, `linear.bias` K: the linear probe.
+//! - `linear.weight` K×d, `linear.bias` K: the linear probe;
+//! - `support.features` S×d, `support.labels` S (i64): the shots' plain-view features, the
+//!   anchors of few-shot transductive refinement.
 //!
 //! The file carries the class text embeddings, so the daemon needs no text encoder for the
 //! classes it was trained on. Its identity (`adapter_id`, logged with every frame) is the
@@ -103,6 +105,8 @@ pub struct Adapter {
     /// K×d zero-shot class embeddings.
     pub text: Mat<f32>,
     pub head: Head,
+    /// The shots' normalised plain-view features and labels (refinement anchors).
+    pub support: Option<(Mat<f32>, Vec<usize>)>,
     /// First 16 hex digits of the file's sha256 (empty until saved or loaded).
     pub id: String,
 }
@@ -119,6 +123,7 @@ impl Adapter {
         bundle: &Bundle,
         classes: &[ClassSpec],
         text: Mat<f32>,
+        shots: Option<(Mat<f32>, Vec<usize>)>,
         support: Vec<ShotRecord>,
         skipped: Vec<String>,
         augment_views: usize,
@@ -175,6 +180,7 @@ impl Adapter {
             meta,
             text,
             head: trained.head,
+            support: shots,
             id: String::new(),
         }
     }
@@ -182,21 +188,31 @@ impl Adapter {
     /// The file's bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
         let mut tensors: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = Vec::new();
-        let mut f32s = |name: &str, m: &Mat<f32>, shape: Vec<usize>| {
+        let f32s = |tensors: &mut Vec<_>, name: &str, m: &Mat<f32>, shape: Vec<usize>| {
             let bytes = m.data.iter().flat_map(|v| v.to_le_bytes()).collect();
             tensors.push((name.to_string(), shape, Dtype::F32, bytes));
         };
-        f32s("text", &self.text, vec![self.text.rows, self.text.cols]);
+        f32s(
+            &mut tensors,
+            "text",
+            &self.text,
+            vec![self.text.rows, self.text.cols],
+        );
         match &self.head {
             Head::Residual { text, image, .. } => {
-                f32s("head.text", text, vec![text.rows, text.cols]);
+                f32s(&mut tensors, "head.text", text, vec![text.rows, text.cols]);
                 if let Some((a, _)) = image {
-                    f32s("image.w1", &a.w1, vec![a.w1.rows, a.w1.cols]);
-                    f32s("image.w2", &a.w2, vec![a.w2.rows, a.w2.cols]);
+                    f32s(&mut tensors, "image.w1", &a.w1, vec![a.w1.rows, a.w1.cols]);
+                    f32s(&mut tensors, "image.w2", &a.w2, vec![a.w2.rows, a.w2.cols]);
                 }
             }
             Head::Cache(m) => {
-                f32s("cache.keys", &m.keys, vec![m.keys.rows, m.keys.cols]);
+                f32s(
+                    &mut tensors,
+                    "cache.keys",
+                    &m.keys,
+                    vec![m.keys.rows, m.keys.cols],
+                );
                 let labels = m
                     .labels
                     .iter()
@@ -211,12 +227,21 @@ impl Adapter {
             }
             Head::Linear(m) => {
                 f32s(
+                    &mut tensors,
                     "linear.weight",
                     &m.weight,
                     vec![m.weight.rows, m.weight.cols],
                 );
-                f32s("linear.bias", &m.bias, vec![m.bias.cols]);
+                f32s(&mut tensors, "linear.bias", &m.bias, vec![m.bias.cols]);
             }
+        }
+        if let Some((f, labels)) = &self.support {
+            f32s(&mut tensors, "support.features", f, vec![f.rows, f.cols]);
+            let l = labels
+                .iter()
+                .flat_map(|&l| (l as i64).to_le_bytes())
+                .collect();
+            tensors.push(("support.labels".into(), vec![labels.len()], Dtype::I64, l));
         }
         let views: Vec<(String, TensorView)> = tensors
             .iter()
@@ -314,6 +339,26 @@ impl Adapter {
             }
             Ok(Mat::from_vec(r, c, data))
         };
+        let get_labels = |name: &str, rows: usize| -> Result<Vec<usize>, String> {
+            let t = st
+                .tensor(name)
+                .map_err(|_| format!("missing tensor {name:?}"))?;
+            if t.dtype() != Dtype::I64 || t.shape() != [rows] {
+                return Err(format!(
+                    "tensor {name:?} is {:?} {:?}, expected I64 [{rows}]",
+                    t.dtype(),
+                    t.shape()
+                ));
+            }
+            t.data()
+                .chunks_exact(8)
+                .map(|b| {
+                    let v = i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+                    usize::try_from(v).ok().filter(|&l| l < k)
+                })
+                .collect::<Option<_>>()
+                .ok_or_else(|| format!("{name} holds a class index out of range"))
+        };
         let text = get("text", Some(k), d)?;
         let scale = meta.logit_scale;
         let need = |v: Option<f64>, what: &str| v.ok_or_else(|| format!("hyper.{what} missing"));
@@ -384,10 +429,19 @@ impl Adapter {
                 bias: get("linear.bias", Some(1), k)?,
             }),
         };
+        let support = match st.tensor("support.features") {
+            Err(_) => None,
+            Ok(_) => {
+                let f = get("support.features", None, d)?;
+                let labels = get_labels("support.labels", f.rows)?;
+                Some((f, labels))
+            }
+        };
         Ok(Adapter {
             meta,
             text,
             head,
+            support,
             id: id_of(bytes),
         })
     }
@@ -538,7 +592,9 @@ mod tests {
                     sha256: "0".repeat(64),
                 })
                 .collect();
-            let mut a = Adapter::from_trained(t, &b, &cs, text.clone(), records, vec![], 1, 9);
+            let anchors = Some((s.views[0].clone(), s.labels.clone()));
+            let mut a =
+                Adapter::from_trained(t, &b, &cs, text.clone(), anchors, records, vec![], 1, 9);
             let path = dir.path().join(format!("{m}.safetensors"));
             a.save(&path).unwrap();
             let back = Adapter::load(&path).unwrap();
@@ -547,6 +603,7 @@ mod tests {
             assert_eq!(back.id.len(), 16);
             assert_eq!(back.method(), Some(m));
             assert_eq!(back.text, text);
+            assert_eq!(back.support, a.support);
             let x = &s.views[0];
             assert_eq!(back.head.logits(x).data, a.head.logits(x).data, "{m}");
             assert_eq!(back.meta.shots_per_class, vec![2, 2, 2]);
@@ -560,7 +617,7 @@ mod tests {
         let cs = classes(&["cat", "dog", "cup"]);
         let (s, text) = shots(3, b.manifest.embed_dim);
         let t = train(Method::Tip, &s, &text, 10.0, &TrainOptions::default()).unwrap();
-        let mut a = Adapter::from_trained(t, &b, &cs, text, vec![], vec![], 0, 0);
+        let mut a = Adapter::from_trained(t, &b, &cs, text, None, vec![], vec![], 0, 0);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.safetensors");
         a.save(&path).unwrap();

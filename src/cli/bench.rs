@@ -18,7 +18,7 @@ use clipd::head::Classifier;
 use clipd::pipeline::{self, PipelineOptions};
 use clipd::preprocess::Transform;
 use clipd::source::{self, FrameSource, Next, Payload};
-use clipd::store::{BatchWriter, FrameRecord, Store, StoreOptions};
+use clipd::store::{BatchWriter, Store, StoreOptions, WriteOp};
 
 use super::run::to_record;
 use super::{
@@ -121,7 +121,7 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
 
             let db = tmp.join(format!("bench-b{b}.db"));
             let store = Store::open(&db, &StoreOptions::default())?;
-            let (tx, rx) = sync_channel::<FrameRecord>(c.engine.queue);
+            let (tx, rx) = sync_channel::<WriteOp>(c.engine.queue);
             let writer = BatchWriter::spawn(store, rx)?;
             let src: Box<dyn FrameSource> = Box::new(source::FileListSource::new(
                 "bench".into(),
@@ -247,7 +247,7 @@ fn time_encoder(enc: &mut TractImageEncoder, tensors: &[Vec<f32>], count: usize)
 }
 
 struct BenchSink {
-    tx: std::sync::mpsc::SyncSender<FrameRecord>,
+    tx: std::sync::mpsc::SyncSender<WriteOp>,
     model_id: String,
     adapter_id: Option<String>,
 }
@@ -257,7 +257,7 @@ impl pipeline::Sink for BenchSink {
         let mut rec = to_record(r, &self.model_id);
         rec.adapter_id = self.adapter_id.clone();
         self.tx
-            .send(rec)
+            .send(WriteOp::Frame(rec))
             .map_err(|_| "the database writer stopped".to_string())
     }
 }

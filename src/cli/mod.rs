@@ -6,8 +6,10 @@ mod embed;
 mod eval;
 mod progress;
 mod query;
+mod refine;
 mod run;
 mod train;
+mod transduct;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -79,6 +81,12 @@ enum Command {
     /// Compare zero-shot and few-shot methods over shot counts and random support draws.
     #[command(after_help = EXIT_CODES)]
     Eval(eval::EvalArgs),
+    /// Rerun transductive refinement over stored frames and report (or write) what changes.
+    #[command(after_help = EXIT_CODES)]
+    Refine(refine::RefineArgs),
+    /// Run EM-Dirichlet or TransCLIP on .npy dumps (offline research interface).
+    #[command(after_help = EXIT_CODES)]
+    Transduct(transduct::TransductArgs),
 }
 
 /// Options of every command that loads the model.
@@ -134,6 +142,8 @@ pub fn try_main(cli: Cli) -> Result<ExitCode> {
         Command::Bench(a) => bench::bench(a),
         Command::Train(a) => train::train(a),
         Command::Eval(a) => eval::eval(a),
+        Command::Transduct(a) => transduct::transduct(a),
+        Command::Refine(a) => refine::refine_history(a),
     }
 }
 
@@ -178,6 +188,7 @@ pub fn exit_code(e: &anyhow::Error) -> ExitCode {
             }
         } else if cause.is::<UsageError>()
             || cause.is::<TrainError>()
+            || cause.is::<clipd::transduct::TransductError>()
             || cause.is::<ConfigError>()
             || cause.is::<TimeSpecError>()
             || matches!(cause.downcast_ref(), Some(SourceError::Setup { .. }))

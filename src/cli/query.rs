@@ -1,5 +1,6 @@
 //! `clipd query`: the history, read-only.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -7,8 +8,8 @@ use anyhow::Result;
 use clap::Args;
 
 use clipd::store::{
-    is_broken_pipe, now_ms, parse_time_spec, write_rows, write_stats, write_summary, Bucket,
-    Format, FrameFilter, Store,
+    format_ts_ms as format_ts, is_broken_pipe, now_ms, parse_time_spec, write_rows, write_stats,
+    write_summary, Bucket, Format, FrameFilter, StateChange, Store,
 };
 
 use super::{load_config, UsageError};
@@ -51,6 +52,9 @@ pub struct QueryArgs {
     /// Totals and per-label counts instead of frames.
     #[arg(long)]
     summary: bool,
+    /// Decision-state changes (smoothed refined labels per source) instead of frames.
+    #[arg(long, conflicts_with_all = ["stats", "summary"])]
+    changes: bool,
     /// table, json or csv.
     #[arg(long, default_value = "table", value_parser = parse_format)]
     format: Format,
@@ -96,7 +100,15 @@ pub fn query(args: QueryArgs) -> Result<ExitCode> {
     };
     let store = Store::open_read_only(&db)?;
     let mut out = std::io::stdout().lock();
-    let written = if args.stats {
+    let written = if args.changes {
+        let changes = store.state_changes(
+            filter.since_ms,
+            filter.until_ms,
+            filter.source.as_deref(),
+            args.limit,
+        )?;
+        write_changes(&mut out, &changes, args.format)
+    } else if args.stats {
         write_stats(&mut out, &store.stats(&filter, args.bucket)?, args.format)
     } else if args.summary {
         write_summary(&mut out, &store.summary(&filter)?, args.format)
@@ -108,5 +120,62 @@ pub fn query(args: QueryArgs) -> Result<ExitCode> {
         Err(e) if is_broken_pipe(&e) => Ok(ExitCode::SUCCESS),
         Err(e) => Err(anyhow::Error::new(e).context("writing results")),
         Ok(()) => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// State changes, newest first.
+fn write_changes(
+    out: &mut impl Write,
+    changes: &[StateChange],
+    format: Format,
+) -> std::io::Result<()> {
+    match format {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut *out, changes).map_err(std::io::Error::other)?;
+            writeln!(out)?;
+        }
+        Format::Csv => {
+            writeln!(out, "ts,source,from_label,to_label,agreement,n_frames")?;
+            for c in changes {
+                writeln!(
+                    out,
+                    "{},{},{},{},{:.3},{}",
+                    format_ts(c.ts_ms),
+                    csv_field(&c.source),
+                    csv_field(c.from_label.as_deref().unwrap_or("")),
+                    csv_field(&c.to_label),
+                    c.agreement,
+                    c.n_frames
+                )?;
+            }
+        }
+        Format::Table => {
+            writeln!(
+                out,
+                "{:<24}  {:<16}  {:<20}  {:<20}  {:>9}  {:>6}",
+                "time", "source", "from", "to", "agreement", "frames"
+            )?;
+            for c in changes {
+                writeln!(
+                    out,
+                    "{:<24}  {:<16}  {:<20}  {:<20}  {:>8.0}%  {:>6}",
+                    format_ts(c.ts_ms),
+                    c.source,
+                    c.from_label.as_deref().unwrap_or("-"),
+                    c.to_label,
+                    100.0 * c.agreement,
+                    c.n_frames
+                )?;
+            }
+        }
+    }
+    out.flush()
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
     }
 }

@@ -1,5 +1,6 @@
 //! `clipd run` and `clipd demo`: the pipeline from configured sources into the history database.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,14 +12,17 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Args;
 
+use clipd::adapter::linalg::Mat;
 use clipd::classes::ClassSpec;
 use clipd::config::Loaded;
 use clipd::encoder::EncoderOptions;
 use clipd::engine::Engine;
+use clipd::head::{Classifier, Prediction};
 use clipd::pipeline::{self, FrameResult, PipelineOptions, RunStats, Sink};
 use clipd::preprocess::Transform;
+use clipd::refiner::{self, BufferedFrame, RefineContext, RefinerHandle, Support};
 use clipd::source::{self, FrameSource};
-use clipd::store::{BatchWriter, FrameRecord, Store, StoreOptions, WriterSummary};
+use clipd::store::{BatchWriter, FrameRecord, Store, StoreOptions, WriteOp, WriterSummary};
 
 use super::{
     adapter_path, bundle_dir, demo_config, load_config, AdapterArg, ModelArgs, UsageError,
@@ -82,11 +86,16 @@ pub fn demo(args: DemoArgs) -> Result<ExitCode> {
     execute(&cfg, bundle, None, args.db, None, true)
 }
 
-/// Sends results to the store thread.
+/// Sends results to the store thread, numbering rows itself so the refiner can name them, and
+/// feeds classified frames to the refiner's buffer.
 struct StoreSink {
-    tx: SyncSender<FrameRecord>,
+    tx: SyncSender<WriteOp>,
     model_id: String,
     adapter_id: Option<String>,
+    /// Row ids are `first_id + seq`.
+    first_id: i64,
+    keep_embeddings: bool,
+    refiner: Option<(RefinerHandle, HashMap<String, usize>)>,
 }
 
 impl Sink for StoreSink {
@@ -94,10 +103,27 @@ impl Sink for StoreSink {
         if let Err(f) = &r.outcome {
             log::warn!("{}", f.message);
         }
+        let id = self.first_id + i64::try_from(r.seq).unwrap_or(i64::MAX - self.first_id);
+        if let (Some((refiner, index)), Ok(c), Some(e)) = (&self.refiner, &r.outcome, &r.embedding)
+        {
+            if let Some(&class) = index.get(&c.label) {
+                refiner.push(BufferedFrame {
+                    id,
+                    ts_ms: r.ts_ms,
+                    source: r.source.clone(),
+                    class,
+                    embedding: e.clone(),
+                });
+            }
+        }
         let mut rec = to_record(r, &self.model_id);
+        rec.id = Some(id);
         rec.adapter_id = self.adapter_id.clone();
+        if !self.keep_embeddings {
+            rec.embedding = None;
+        }
         self.tx
-            .send(rec)
+            .send(WriteOp::Frame(rec))
             .map_err(|_| "the database writer stopped".to_string())
     }
 }
@@ -142,6 +168,15 @@ pub fn execute(
     };
     let classes = ClassSpec::from_config(&c.classes, &c.prompts);
     let engine = Engine::load(&bundle, classes, opts, Some(&db), adapter.as_deref())?;
+    let refine = match &c.refine {
+        Some(rc) => {
+            let few_shot = engine.adapter.as_ref().is_some_and(|a| a.support.is_some());
+            let params = RefineContext::params(rc, engine.classes.len(), few_shot)
+                .map_err(|e| UsageError(format!("{}: refine: {e}", cfg.file.display())))?;
+            Some((rc.clone(), params))
+        }
+        None => None,
+    };
     match &engine.adapter {
         Some(a) => log::info!(
             "model {} loaded; adapter {} ({}, {} shots per class)",
@@ -169,15 +204,50 @@ pub fn execute(
     };
     let mut store = Store::open(&db, &store_opts)?;
     engine.save_text_side(&mut store)?;
+    let first_id = store.max_frame_id()? + 1;
 
-    let (tx, rx) = sync_channel::<FrameRecord>(c.engine.queue.max(1));
+    let (tx, rx) = sync_channel::<WriteOp>(c.engine.queue.max(1));
     let writer = BatchWriter::spawn(store, rx)?;
     let model_id = engine.bundle.model_id();
     let adapter_id = engine.adapter_id();
+    let head: Arc<dyn Classifier> = Arc::from(engine.classifier());
+    let refiner = match &refine {
+        Some((rc, params)) => {
+            let labels: Vec<String> = engine.classes.iter().map(|c| c.name.clone()).collect();
+            let support = engine.adapter.as_ref().and_then(|a| a.support.clone());
+            let ctx = RefineContext {
+                params: params.clone(),
+                text: Mat::from_vec(
+                    labels.len(),
+                    engine.head.dim(),
+                    engine.head.weights().to_vec(),
+                ),
+                labels: labels.clone(),
+                classifier: head.clone(),
+                logit_scale: engine.bundle.manifest.logit_scale,
+                support: support.map(|(features, labels)| Support { features, labels }),
+            };
+            let index = labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (l.clone(), i))
+                .collect();
+            let (handle, refiner) = refiner::spawn(rc, ctx, tx.clone())?;
+            Some((handle, index, refiner))
+        }
+        None => None,
+    };
+    let (refiner_handle, refiner) = match refiner {
+        Some((h, i, r)) => (Some((h, i)), Some(r)),
+        None => (None, None),
+    };
     let sink = StoreSink {
         tx,
         model_id: model_id.clone(),
         adapter_id: adapter_id.clone(),
+        first_id,
+        keep_embeddings: c.store.embeddings,
+        refiner: refiner_handle,
     };
     let labels = engine.label_index();
     let popts = PipelineOptions {
@@ -186,15 +256,14 @@ pub fn execute(
         batch_timeout: Duration::from_millis(c.engine.batch_timeout_ms),
         top_k: c.top_k,
         limits: c.decode,
-        keep_embeddings: c.store.embeddings,
+        keep_embeddings: c.store.embeddings || refine.is_some(),
     };
     let transform = Transform::from_spec(&engine.bundle.manifest.image);
-    let head = engine.classifier();
     let result = pipeline::run(
         sources,
         transform,
         Box::new(engine.image_encoder),
-        head,
+        Box::new(SharedClassifier(head)),
         Some(labels),
         sink,
         popts,
@@ -202,6 +271,8 @@ pub fn execute(
     );
     // The sink (and with it the channel's sender) is dropped by now, so the writer drains,
     // commits and exits.
+    // The refiner's last pass goes out before its sender is dropped, so it is recorded.
+    let refined = refiner.map(|r| r.finish());
     let (stats, sink) = match result {
         Ok(x) => x,
         Err(e) => {
@@ -214,6 +285,15 @@ pub fn execute(
         .join()
         .map_err(|_| anyhow::anyhow!("the database writer thread panicked"))?;
     print_summary(&stats, &written, &db, &model_id, adapter_id.as_deref());
+    if let Some(r) = refined {
+        println!(
+            "refinement: {} passes ({} failed), {:.1} ms per pass, {} state changes",
+            r.passes,
+            r.failed,
+            r.total.as_secs_f64() * 1000.0 / r.passes.max(1) as f64,
+            r.state_changes
+        );
+    }
     if let Some(e) = written.first_error {
         return Err(e.into());
     }
@@ -286,4 +366,22 @@ fn print_summary(
     out.push_str(&format!("database: {} ({w})\n", db.display()));
     // A closed stdout (e.g. piped into `head`) is not worth failing the run over.
     let _ = std::io::stdout().lock().write_all(out.as_bytes());
+}
+
+/// The pipeline's classifier, shared with the refiner (which recomputes start probabilities).
+struct SharedClassifier(Arc<dyn Classifier>);
+
+impl Classifier for SharedClassifier {
+    fn labels(&self) -> &[String] {
+        self.0.labels()
+    }
+    fn dim(&self) -> usize {
+        self.0.dim()
+    }
+    fn logits(&self, feature: &[f32]) -> Vec<f32> {
+        self.0.logits(feature)
+    }
+    fn predict(&self, feature: &[f32], k: usize) -> Prediction {
+        self.0.predict(feature, k)
+    }
 }

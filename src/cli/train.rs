@@ -158,6 +158,7 @@ pub fn train(args: TrainArgs) -> Result<ExitCode> {
         &p.engine.bundle,
         &p.engine.classes,
         p.text.clone(),
+        Some((enc.shots.views[0].clone(), enc.shots.labels.clone())),
         enc.records,
         skipped,
         args.augment,

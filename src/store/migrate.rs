@@ -23,11 +23,18 @@ pub(crate) struct Migration {
 
 /// Every migration, in order. Released files are never edited; a schema
 /// change is a new file appended here.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_init",
-    sql: include_str!("migrations/0001_init.sql"),
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_init",
+        sql: include_str!("migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_state_changes",
+        sql: include_str!("migrations/0002_state_changes.sql"),
+    },
+];
 
 /// The schema version this build writes and expects.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -148,14 +155,41 @@ mod tests {
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
         assert_eq!(
             table_names(&store),
-            ["classes", "frames", "refinements", "text_cache"]
+            [
+                "classes",
+                "frames",
+                "refinements",
+                "state_changes",
+                "text_cache"
+            ]
         );
         drop(store);
 
         let mut store = Store::open(&path, &StoreOptions::default()).unwrap();
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
         assert_eq!(migrate(&mut store.conn, &path).unwrap(), 0);
-        assert_eq!(table_names(&store).len(), 4);
+        assert_eq!(table_names(&store).len(), 5);
+    }
+
+    #[test]
+    fn a_version_1_history_upgrades_and_keeps_its_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0].sql).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO frames (ts_ms, source, frame_ref, label, score, model_id) \
+                 VALUES (5, 'cam', 'a.jpg', 'dog', 0.9, 'm')",
+                [],
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path, &StoreOptions::default()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 2);
+        assert!(table_names(&store).contains(&"state_changes".to_string()));
+        assert_eq!(store.max_frame_id().unwrap(), 1);
     }
 
     #[test]

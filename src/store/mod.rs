@@ -36,7 +36,7 @@ pub use format::{is_broken_pipe, write_rows, write_stats, write_summary, Format}
 pub use migrate::SCHEMA_VERSION;
 pub use query::{Bucket, FrameFilter, FrameRow, LabelCount, StatRow, Summary};
 pub use timespec::{format_ts_ms, now_ms, parse_time_spec, TimeSpecError};
-pub use writer::{BatchWriter, WriterSummary};
+pub use writer::{BatchWriter, WriteOp, WriterSummary};
 
 /// How long a connection waits for another connection's lock before failing
 /// with "database is locked". Checkpoints and migrations briefly take
@@ -306,6 +306,10 @@ impl Default for StoreOptions {
 /// decoded or classified is still logged, with its error and no label.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct FrameRecord {
+    /// Row id to insert under; `None` lets SQLite pick. The daemon assigns ids
+    /// itself (see [`Store::max_frame_id`]) so its refiner can name rows that
+    /// are still on their way to the database.
+    pub id: Option<i64>,
     /// Capture time, UTC epoch milliseconds (see [`now_ms`]).
     pub ts_ms: i64,
     /// Source name from the config (camera, directory, glob, ...).
@@ -402,6 +406,48 @@ impl FrameRecord {
     }
 }
 
+/// One refiner pass: what ran, over how many frames, and the labels it chose.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefinementRecord {
+    pub ts_ms: i64,
+    /// e.g. `transclip`, `em-dirichlet`.
+    pub algorithm: String,
+    /// JSON object of the parameters used.
+    pub params: String,
+    pub n_frames: usize,
+    /// Frames whose refined label differs from their original label.
+    pub n_changed: usize,
+    pub duration_ms: u64,
+    /// `(frame id, refined label, refined score)`.
+    pub labels: Vec<(i64, String, f32)>,
+    /// Decision-state changes this pass caused.
+    pub state_changes: Vec<StateChange>,
+}
+
+/// A source's smoothed state moved from one label to another.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StateChange {
+    pub ts_ms: i64,
+    pub source: String,
+    pub from_label: Option<String>,
+    pub to_label: String,
+    /// Fraction of the window's refined labels that agreed on `to_label`.
+    pub agreement: f32,
+    pub n_frames: usize,
+}
+
+/// A stored frame with its embedding, as offline refinement reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddedFrame {
+    pub id: i64,
+    pub ts_ms: i64,
+    pub source: String,
+    pub label: String,
+    pub model_id: String,
+    pub adapter_id: Option<String>,
+    pub embedding: Vec<f32>,
+}
+
 /// A class the head was configured with, and its ensembled text embedding.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClassRecord {
@@ -429,8 +475,8 @@ impl fmt::Debug for Store {
 }
 
 const INSERT_FRAME_SQL: &str = "INSERT INTO frames \
-    (ts_ms, source, frame_ref, label, score, topk, model_id, adapter_id, latency_us, embedding, error) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+    (ts_ms, source, frame_ref, label, score, topk, model_id, adapter_id, latency_us, embedding, error, id) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
 
 impl Store {
     /// Opens (creating if needed) the database for writing and migrates it to
@@ -608,12 +654,185 @@ impl Store {
                     latency,
                     embedding,
                     f.error,
+                    f.id,
                 ])
                 .ctx(path, "inserting frames")?;
             }
         }
         tx.commit().ctx(path, "committing frames")?;
         Ok(frames.len())
+    }
+
+    /// The largest frame id so far (0 for an empty history): the daemon numbers
+    /// its frames from here.
+    pub fn max_frame_id(&self) -> Result<i64, StoreError> {
+        self.conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM frames", [], |r| r.get(0))
+            .ctx(&self.path, "reading the last frame id")
+    }
+
+    /// Records a refiner pass in one transaction: its `refinements` row, the
+    /// refined label, score and run id of each frame, and the state changes.
+    /// Frames not (or no longer) in the database are skipped. Returns the run id.
+    pub fn apply_refinement(&mut self, r: &RefinementRecord) -> Result<i64, StoreError> {
+        let path = &self.path;
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx(path, "starting a refinement transaction")?;
+        tx.execute(
+            "INSERT INTO refinements (ts_ms, algorithm, params, n_frames, n_changed, duration_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                r.ts_ms,
+                r.algorithm,
+                r.params,
+                count(r.n_frames),
+                count(r.n_changed),
+                i64::try_from(r.duration_ms).unwrap_or(i64::MAX)
+            ],
+        )
+        .ctx(path, "recording a refinement run")?;
+        let run = tx.last_insert_rowid();
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE frames SET refined_label = ?1, refined_score = ?2, refine_run_id = ?3 \
+                     WHERE id = ?4 AND label IS NOT NULL",
+                )
+                .ctx(path, "preparing the refinement update")?;
+            for (id, label, score) in &r.labels {
+                stmt.execute(params![label, f64::from(*score), run, id])
+                    .ctx(path, "writing refined labels")?;
+            }
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT INTO state_changes \
+                     (ts_ms, source, from_label, to_label, agreement, n_frames, refine_run_id) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .ctx(path, "preparing the state-change insert")?;
+            for c in &r.state_changes {
+                ins.execute(params![
+                    c.ts_ms,
+                    c.source,
+                    c.from_label,
+                    c.to_label,
+                    f64::from(c.agreement),
+                    count(c.n_frames),
+                    run
+                ])
+                .ctx(path, "recording a state change")?;
+            }
+        }
+        tx.commit().ctx(path, "committing a refinement")?;
+        Ok(run)
+    }
+
+    /// Classified frames that have a stored embedding, oldest first, within
+    /// `[since, until)` and optionally one source.
+    pub fn embedded_frames(
+        &self,
+        since_ms: Option<i64>,
+        until_ms: Option<i64>,
+        source: Option<&str>,
+    ) -> Result<Vec<EmbeddedFrame>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, ts_ms, source, label, model_id, adapter_id, embedding FROM frames \
+                 WHERE label IS NOT NULL AND embedding IS NOT NULL \
+                 AND ts_ms >= ?1 AND ts_ms < ?2 AND (?3 IS NULL OR source = ?3) \
+                 ORDER BY ts_ms, id",
+            )
+            .ctx(&self.path, "preparing the embedding query")?;
+        let rows = stmt
+            .query_map(
+                params![
+                    since_ms.unwrap_or(i64::MIN),
+                    until_ms.unwrap_or(i64::MAX),
+                    source
+                ],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                        r.get::<_, Vec<u8>>(6)?,
+                    ))
+                },
+            )
+            .ctx(&self.path, "reading embeddings")?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, ts_ms, source, label, model_id, adapter_id, blob) =
+                row.ctx(&self.path, "reading embeddings")?;
+            let embedding = f16_from_le_bytes(&blob).ok_or_else(|| StoreError::InvalidData {
+                path: self.path.clone(),
+                what: "frames.embedding",
+                row: format!("id {id}"),
+                detail: format!("{} bytes is not a whole number of f16 values", blob.len()),
+            })?;
+            out.push(EmbeddedFrame {
+                id,
+                ts_ms,
+                source,
+                label,
+                model_id,
+                adapter_id,
+                embedding,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Decision-state changes within `[since, until)`, newest first.
+    pub fn state_changes(
+        &self,
+        since_ms: Option<i64>,
+        until_ms: Option<i64>,
+        source: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StateChange>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT ts_ms, source, from_label, to_label, agreement, n_frames FROM state_changes \
+                 WHERE ts_ms >= ?1 AND ts_ms < ?2 AND (?3 IS NULL OR source = ?3) \
+                 ORDER BY ts_ms DESC, id DESC LIMIT ?4",
+            )
+            .ctx(&self.path, "preparing the state-change query")?;
+        let limit = if limit == 0 {
+            -1
+        } else {
+            i64::try_from(limit).unwrap_or(-1)
+        };
+        let rows = stmt
+            .query_map(
+                params![
+                    since_ms.unwrap_or(i64::MIN),
+                    until_ms.unwrap_or(i64::MAX),
+                    source,
+                    limit
+                ],
+                |r| {
+                    Ok(StateChange {
+                        ts_ms: r.get(0)?,
+                        source: r.get(1)?,
+                        from_label: r.get(2)?,
+                        to_label: r.get(3)?,
+                        agreement: r.get::<_, f64>(4)? as f32,
+                        n_frames: r.get::<_, i64>(5)?.max(0) as usize,
+                    })
+                },
+            )
+            .ctx(&self.path, "reading state changes")?;
+        rows.collect::<Result<_, _>>()
+            .ctx(&self.path, "reading state changes")
     }
 
     /// The stored image embedding of frame `id`, if it has one.
@@ -832,6 +1051,78 @@ pub(crate) mod tests {
     use super::*;
 
     /// A classified frame with a two-entry top-k.
+    #[test]
+    fn refinements_update_frames_by_id_and_record_state_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.db");
+        let mut store = Store::open(&path, &StoreOptions::default()).unwrap();
+        let first = store.max_frame_id().unwrap() + 1;
+        let mut frames: Vec<FrameRecord> = (0..3).map(|i| rec(10 + i, "cam", "dog", 0.6)).collect();
+        frames[2].embedding = Some(vec![0.5, -0.25]);
+        frames.push(FrameRecord::failed(
+            13,
+            "cam",
+            "x.jpg",
+            "sha-model",
+            "corrupt",
+        ));
+        for (i, f) in frames.iter_mut().enumerate() {
+            f.id = Some(first + i as i64);
+        }
+        store.insert_frames(&frames).unwrap();
+        assert_eq!(store.max_frame_id().unwrap(), first + 3);
+        let run = store
+            .apply_refinement(&RefinementRecord {
+                ts_ms: 20,
+                algorithm: "transclip".into(),
+                params: "{}".into(),
+                n_frames: 3,
+                n_changed: 1,
+                duration_ms: 4,
+                labels: vec![
+                    (first, "cat".into(), 0.7),
+                    (first + 1, "dog".into(), 0.8),
+                    // The failed frame has no label to refine; an unknown id is ignored.
+                    (first + 3, "cat".into(), 0.5),
+                    (first + 99, "cat".into(), 0.5),
+                ],
+                state_changes: vec![StateChange {
+                    ts_ms: 12,
+                    source: "cam".into(),
+                    from_label: None,
+                    to_label: "dog".into(),
+                    agreement: 0.75,
+                    n_frames: 4,
+                }],
+            })
+            .unwrap();
+        let refined: Vec<(Option<String>, Option<i64>)> = store
+            .conn
+            .prepare("SELECT refined_label, refine_run_id FROM frames ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(refined[0], (Some("cat".into()), Some(run)));
+        assert_eq!(refined[1], (Some("dog".into()), Some(run)));
+        assert_eq!(refined[2], (None, None));
+        assert_eq!(refined[3], (None, None));
+        let changes = store.state_changes(None, None, Some("cam"), 0).unwrap();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].to_label, "dog");
+        assert!(store
+            .state_changes(None, Some(12), None, 0)
+            .unwrap()
+            .is_empty());
+        let emb = store.embedded_frames(None, None, None).unwrap();
+        assert_eq!(emb.len(), 1);
+        assert_eq!(
+            (emb[0].id, emb[0].embedding.clone()),
+            (first + 2, vec![0.5, -0.25])
+        );
+    }
+
     pub(crate) fn rec(ts_ms: i64, source: &str, label: &str, score: f32) -> FrameRecord {
         FrameRecord::classified(
             ts_ms,

@@ -1,5 +1,5 @@
 //! The store thread: turns a stream of [`FrameRecord`]s into batched
-//! commits.
+//! commits, and applies the refiner's passes in order with them.
 //!
 //! A commit costs (at least) one write barrier on the storage device; on an
 //! SD card that is milliseconds, so committing per frame would cap the
@@ -17,7 +17,26 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::store::{FrameRecord, Store, StoreError};
+use crate::store::{FrameRecord, RefinementRecord, Store, StoreError};
+
+/// What the writer thread is asked to do.
+// Frames are nearly every message, so they travel unboxed (no allocation per frame); the rare
+// refinement is boxed. A 240-byte channel slot is nothing at these queue lengths.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum WriteOp {
+    /// Log one frame (batched).
+    Frame(FrameRecord),
+    /// Record a refiner pass. Pending frames are committed first, so the
+    /// rows it refines are in the database when it is applied.
+    Refine(Box<RefinementRecord>),
+}
+
+impl From<FrameRecord> for WriteOp {
+    fn from(f: FrameRecord) -> Self {
+        WriteOp::Frame(f)
+    }
+}
 
 /// What the writer did over its life, returned when its channel closes.
 #[derive(Debug, Default)]
@@ -32,6 +51,9 @@ pub struct WriterSummary {
     pub rows_lost: u64,
     /// Frames refused as invalid (see [`FrameRecord::validate`]).
     pub rows_rejected: u64,
+    /// Refiner passes recorded, and passes that failed to be.
+    pub refinements: u64,
+    pub refinements_failed: u64,
     /// Failures of any kind: failed commits, rejected frames, and a failed
     /// final checkpoint.
     pub errors: u64,
@@ -90,7 +112,7 @@ impl BatchWriter {
     /// checkpoints the WAL and returns its summary through the handle.
     pub fn spawn(
         store: Store,
-        rx: Receiver<FrameRecord>,
+        rx: Receiver<WriteOp>,
     ) -> std::io::Result<JoinHandle<WriterSummary>> {
         std::thread::Builder::new()
             .name("clipd-store".into())
@@ -98,7 +120,7 @@ impl BatchWriter {
     }
 
     /// The writer loop on the calling thread; see [`BatchWriter::spawn`].
-    pub fn run(store: Store, rx: Receiver<FrameRecord>) -> WriterSummary {
+    pub fn run(store: Store, rx: Receiver<WriteOp>) -> WriterSummary {
         let opts = *store.options();
         let batch_rows = opts.batch_rows.max(1);
         let batch_wait = Duration::from_millis(opts.batch_ms);
@@ -117,7 +139,12 @@ impl BatchWriter {
                 Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
             };
             match next {
-                Ok(frame) => {
+                Ok(WriteOp::Refine(r)) => {
+                    w.commit();
+                    deadline = None;
+                    w.refine(&r);
+                }
+                Ok(WriteOp::Frame(frame)) => {
                     if let Err(reason) = frame.validate() {
                         w.reject(&frame, reason);
                         continue;
@@ -147,6 +174,25 @@ impl BatchWriter {
         }
         log::debug!("database {}: {}", w.store.path().display(), w.summary);
         w.summary
+    }
+
+    fn refine(&mut self, r: &RefinementRecord) {
+        match self.store.apply_refinement(r) {
+            Ok(run) => {
+                self.summary.refinements += 1;
+                log::debug!(
+                    "refinement run {run}: {} ({} frames, {} changed)",
+                    r.algorithm,
+                    r.n_frames,
+                    r.n_changed
+                );
+            }
+            Err(e) => {
+                log::warn!("{e} (refinement of {} frames not recorded)", r.n_frames);
+                self.summary.refinements_failed += 1;
+                self.summary.record_error(e);
+            }
+        }
     }
 
     fn reject(&mut self, frame: &FrameRecord, reason: String) {
@@ -233,7 +279,7 @@ mod tests {
         // The timer is far away: only the row count can trigger commits.
         let handle = BatchWriter::spawn(open(&path, 10, 600_000), rx).unwrap();
         for i in 0..25 {
-            tx.send(rec(i, "cam", "dog", 0.5)).unwrap();
+            tx.send(rec(i, "cam", "dog", 0.5).into()).unwrap();
         }
         assert_eq!(wait_for_rows(&path, 20), 20);
         std::thread::sleep(Duration::from_millis(100));
@@ -252,11 +298,11 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let handle = BatchWriter::spawn(open(&path, 1000, 50), rx).unwrap();
         for i in 0..3 {
-            tx.send(rec(i, "cam", "dog", 0.5)).unwrap();
+            tx.send(rec(i, "cam", "dog", 0.5).into()).unwrap();
         }
         // The sender stays open: only the 50 ms deadline can commit these.
         assert_eq!(wait_for_rows(&path, 3), 3);
-        tx.send(rec(10, "cam", "cat", 0.5)).unwrap();
+        tx.send(rec(10, "cam", "cat", 0.5).into()).unwrap();
         assert_eq!(wait_for_rows(&path, 4), 4);
         drop(tx);
         let s = handle.join().unwrap();
@@ -273,7 +319,7 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let store = open(&path, 1000, 600_000);
         for i in 0..7 {
-            tx.send(rec(i, "cam", "dog", 0.5)).unwrap();
+            tx.send(rec(i, "cam", "dog", 0.5).into()).unwrap();
         }
         drop(tx);
         let s = BatchWriter::run(store, rx);
@@ -292,9 +338,9 @@ mod tests {
         let path = dir.path().join("h.db");
         let (tx, rx) = mpsc::channel();
         let handle = BatchWriter::spawn(open(&path, 3, 600_000), rx).unwrap();
-        tx.send(rec(1, "cam", "dog", 0.5)).unwrap();
-        tx.send(FrameRecord::default()).unwrap();
-        tx.send(rec(2, "cam", "dog", 0.5)).unwrap();
+        tx.send(rec(1, "cam", "dog", 0.5).into()).unwrap();
+        tx.send(FrameRecord::default().into()).unwrap();
+        tx.send(rec(2, "cam", "dog", 0.5).into()).unwrap();
         drop(tx);
         let s = handle.join().unwrap();
         assert_eq!(
@@ -327,7 +373,7 @@ mod tests {
         for i in 0..40 {
             let mut r = rec(i, "cam", "dog", 0.5);
             r.embedding = Some(vec![0.25; 1024]);
-            tx.send(r).unwrap();
+            tx.send(r.into()).unwrap();
         }
         drop(tx);
         let s = handle.join().expect("the writer must not panic");

@@ -1,0 +1,192 @@
+//! `clipd refine`: rerun transductive refinement over stored frames (those logged with
+//! `store.embeddings = true`), in windows of the refiner's buffer size, and report how many
+//! labels would change (`--dry-run`) or changed.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Result;
+use clap::Args;
+
+use clipd::adapter::linalg::Mat;
+use clipd::classes::ClassSpec;
+use clipd::encoder::EncoderOptions;
+use clipd::engine::Engine;
+use clipd::head::Classifier;
+use clipd::refiner::{refine, BufferedFrame, RefineConfig, RefineContext, Support};
+use clipd::store::{now_ms, parse_time_spec, RefinementRecord, Store, StoreOptions};
+
+use super::{adapter_path, bundle_dir, load_config, AdapterArg, ModelArgs, UsageError};
+
+#[derive(Debug, Args)]
+pub struct RefineArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    adapter: AdapterArg,
+    /// History database [default: the config's store.path].
+    #[arg(long, value_name = "FILE")]
+    db: Option<PathBuf>,
+    /// Frames at or after this time (30s, 15m, 1h, 2d or RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Frames before this time.
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// Only frames from this source.
+    #[arg(long)]
+    source: Option<String>,
+    /// em-dirichlet, hard-em-dirichlet or transclip [default: the config's refine.method].
+    #[arg(long)]
+    method: Option<String>,
+    /// default or reference [default: the config's refine.preset].
+    #[arg(long)]
+    preset: Option<String>,
+    /// Parameter override `key=value`; repeatable (added after the config's).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Frames refined together [default: the config's refine.buffer].
+    #[arg(long, value_name = "N")]
+    window: Option<usize>,
+    /// Report what would change without writing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// Refine stored frames window by window.
+pub fn refine_history(args: RefineArgs) -> Result<ExitCode> {
+    let Some(cfg) = load_config(args.model.config.as_deref())? else {
+        return Err(UsageError("refine needs the classes: pass --config FILE".into()).into());
+    };
+    let c = &cfg.config;
+    let mut rc: RefineConfig = c.refine.clone().unwrap_or_default();
+    if let Some(m) = &args.method {
+        rc.method = m.clone();
+    }
+    if let Some(p) = &args.preset {
+        rc.preset = p.clone();
+    }
+    rc.set.extend(args.set.iter().cloned());
+    let window = args.window.unwrap_or(rc.buffer).max(1);
+    let db = args
+        .db
+        .clone()
+        .unwrap_or_else(|| cfg.resolve(&c.store.path));
+    let bundle = bundle_dir(args.model.bundle.as_deref(), Some(&cfg));
+    let adapter = adapter_path(args.adapter.adapter.as_deref(), Some(&cfg));
+    let classes = ClassSpec::from_config(&c.classes, &c.prompts);
+    let engine = Engine::load(
+        &bundle,
+        classes,
+        EncoderOptions::default(),
+        Some(&db),
+        adapter.as_deref(),
+    )?;
+    let few_shot = engine.adapter.as_ref().is_some_and(|a| a.support.is_some());
+    let params = RefineContext::params(&rc, engine.classes.len(), few_shot)
+        .map_err(|e| UsageError(format!("refine: {e}")))?;
+    let labels: Vec<String> = engine.classes.iter().map(|c| c.name.clone()).collect();
+    let index: HashMap<&str, usize> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.as_str(), i))
+        .collect();
+    let classifier: Arc<dyn Classifier> = Arc::from(engine.classifier());
+    let ctx = RefineContext {
+        params: params.clone(),
+        text: Mat::from_vec(
+            labels.len(),
+            engine.head.dim(),
+            engine.head.weights().to_vec(),
+        ),
+        labels: labels.clone(),
+        classifier,
+        logit_scale: engine.bundle.manifest.logit_scale,
+        support: engine
+            .adapter
+            .as_ref()
+            .and_then(|a| a.support.clone())
+            .map(|(features, labels)| Support { features, labels }),
+    };
+
+    let now = now_ms();
+    let since = args
+        .since
+        .as_deref()
+        .map(|s| parse_time_spec(s, now))
+        .transpose()?;
+    let until = args
+        .until
+        .as_deref()
+        .map(|s| parse_time_spec(s, now))
+        .transpose()?;
+    let stored =
+        Store::open_read_only(&db)?.embedded_frames(since, until, args.source.as_deref())?;
+    let model_id = engine.bundle.model_id();
+    let d = engine.bundle.manifest.embed_dim;
+    let mut skipped = 0usize;
+    let frames: Vec<BufferedFrame> = stored
+        .iter()
+        .filter_map(|f| {
+            let class = index.get(f.label.as_str()).copied();
+            if f.model_id != model_id || f.embedding.len() != d || class.is_none() {
+                skipped += 1;
+                return None;
+            }
+            Some(BufferedFrame {
+                id: f.id,
+                ts_ms: f.ts_ms,
+                source: f.source.clone(),
+                class: class.unwrap_or(0),
+                embedding: f.embedding.clone(),
+            })
+        })
+        .collect();
+    if frames.is_empty() {
+        return Err(UsageError(format!(
+            "{}: no stored embeddings of model {model_id} match (log with store.embeddings = true; {skipped} frames of other models or classes skipped)",
+            db.display()
+        ))
+        .into());
+    }
+    let mut writer = if args.dry_run {
+        None
+    } else {
+        Some(Store::open(&db, &StoreOptions::default())?)
+    };
+    let params_json = serde_json::to_string(&params)?;
+    let (mut changed, mut total_ms) = (0usize, 0.0f64);
+    for chunk in frames.chunks(window) {
+        let pass = refine(&ctx, chunk)?;
+        changed += pass.changed;
+        total_ms += pass.duration.as_secs_f64() * 1000.0;
+        if let Some(store) = writer.as_mut() {
+            store.apply_refinement(&RefinementRecord {
+                ts_ms: now_ms(),
+                algorithm: params.method().name().to_string(),
+                params: params_json.clone(),
+                n_frames: chunk.len(),
+                n_changed: pass.changed,
+                duration_ms: pass.duration.as_millis() as u64,
+                labels: chunk
+                    .iter()
+                    .zip(&pass.refined)
+                    .map(|(f, &(c, s))| (f.id, labels[c].clone(), s))
+                    .collect(),
+                state_changes: Vec::new(),
+            })?;
+        }
+    }
+    println!(
+        "{} frames in {} windows of up to {window}: {changed} labels {} by {} ({}), {:.1} ms per window; {skipped} frames skipped",
+        frames.len(),
+        frames.len().div_ceil(window),
+        if args.dry_run { "would change" } else { "changed" },
+        params.method(),
+        rc.preset,
+        total_ms / frames.len().div_ceil(window) as f64
+    );
+    Ok(ExitCode::SUCCESS)
+}

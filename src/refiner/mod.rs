@@ -1,0 +1,476 @@
+//! Online transductive refinement beside the pipeline: the head thread pushes every classified
+//! frame into a [`RingBuffer`]; a refiner thread wakes every `every_frames` frames or
+//! `every_secs` seconds, re-decides the whole buffer jointly with EM-Dirichlet or TransCLIP
+//! (anchored by the adapter's shots when there are some), smooths per-source decisions, and
+//! hands the result to the store thread as one [`WriteOp::Refine`]. Capture and inference only
+//! ever take the buffer's lock for a push.
+
+pub mod buffer;
+pub mod smoothing;
+
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use crate::adapter::linalg::Mat;
+use crate::head::{softmax, Classifier};
+use crate::store::{now_ms, RefinementRecord, WriteOp};
+use crate::transduct::{self, Method, Outcome, Params, Preset, TransductError};
+pub use buffer::{BufferedFrame, RingBuffer};
+pub use smoothing::{Smoother, SmoothingConfig};
+
+/// `[refine]` in the config: present = the daemon refines.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefineConfig {
+    /// `transclip`, `em-dirichlet` or `hard-em-dirichlet`.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// `default` (chosen on the fieldset benchmark) or `reference` (the papers' settings).
+    #[serde(default = "default_preset")]
+    pub preset: String,
+    /// Parameter overrides, `"key=value"` by the names in docs/transduction.md.
+    #[serde(default)]
+    pub set: Vec<String>,
+    /// Frames in the rolling buffer.
+    #[serde(default = "default_buffer")]
+    pub buffer: usize,
+    /// Refine after this many new frames…
+    #[serde(default = "default_every_frames")]
+    pub every_frames: usize,
+    /// …or this many seconds with at least one new frame, whichever comes first.
+    #[serde(default = "default_every_secs")]
+    pub every_secs: f64,
+    #[serde(default)]
+    pub smoothing: SmoothingConfig,
+}
+
+impl Default for RefineConfig {
+    fn default() -> Self {
+        RefineConfig {
+            method: default_method(),
+            preset: default_preset(),
+            set: Vec::new(),
+            buffer: default_buffer(),
+            every_frames: default_every_frames(),
+            every_secs: default_every_secs(),
+            smoothing: SmoothingConfig::default(),
+        }
+    }
+}
+
+fn default_method() -> String {
+    "transclip".into()
+}
+fn default_preset() -> String {
+    "default".into()
+}
+fn default_buffer() -> usize {
+    1024
+}
+fn default_every_frames() -> usize {
+    256
+}
+fn default_every_secs() -> f64 {
+    30.0
+}
+
+/// Anchors for few-shot refinement: the adapter's shots.
+#[derive(Debug, Clone)]
+pub struct Support {
+    /// S×d normalised features.
+    pub features: Mat<f32>,
+    pub labels: Vec<usize>,
+}
+
+/// Everything a refinement pass needs besides the frames.
+pub struct RefineContext {
+    pub params: Params,
+    /// K×d zero-shot class embeddings (TransCLIP's text side).
+    pub text: Mat<f32>,
+    pub labels: Vec<String>,
+    /// What the pipeline classifies with (zero-shot or adapter): the starting probabilities.
+    pub classifier: Arc<dyn Classifier>,
+    /// The classifier's logit scale, to put EM-Dirichlet's temperature on the same footing.
+    pub logit_scale: f32,
+    pub support: Option<Support>,
+}
+
+impl RefineContext {
+    /// Build the parameters for `cfg` (errors name the bad method, preset or `set` entry).
+    pub fn params(cfg: &RefineConfig, k: usize, few_shot: bool) -> Result<Params, TransductError> {
+        let method: Method = cfg.method.parse()?;
+        let preset: Preset = cfg.preset.parse()?;
+        let mut p = Params::new(method, preset, k, few_shot);
+        for s in &cfg.set {
+            p.set_assignment(s)?;
+        }
+        p.validate()?;
+        Ok(p)
+    }
+}
+
+/// The result of one pass over a buffer.
+#[derive(Debug, Clone)]
+pub struct Pass {
+    pub outcome: Outcome,
+    /// Refined class and its score per frame.
+    pub refined: Vec<(usize, f32)>,
+    pub changed: usize,
+    pub duration: Duration,
+}
+
+/// Re-decide `frames` jointly.
+pub fn refine(ctx: &RefineContext, frames: &[BufferedFrame]) -> Result<Pass, TransductError> {
+    let started = Instant::now();
+    let n = frames.len();
+    let d = ctx.text.cols;
+    let k = ctx.text.rows;
+    let mut feats = Vec::with_capacity(n * d);
+    let mut logits = Vec::with_capacity(n * k);
+    for f in frames {
+        feats.extend_from_slice(&f.embedding);
+        logits.extend(ctx.classifier.logits(&f.embedding));
+    }
+    let support = ctx
+        .support
+        .as_ref()
+        .map(|s| (s.features.data.as_slice(), s.labels.as_slice()));
+    let outcome = match &ctx.params {
+        Params::TransClip(p) => {
+            transduct::transclip(&feats, n, d, &ctx.text.data, k, support, Some(&logits), p)?
+        }
+        Params::EmDirichlet(p) => {
+            // Same probabilities EM-Dirichlet would build from cosines, softmax(T·cos), but
+            // from the classifier's own logits (so an adapter's decisions are the start).
+            let t = p.temperature as f32 / ctx.logit_scale.max(f32::MIN_POSITIVE);
+            let probs = |rows: &mut [f32]| {
+                for r in rows.chunks_mut(k) {
+                    r.iter_mut().for_each(|v| *v *= t);
+                    softmax(r);
+                }
+            };
+            probs(&mut logits);
+            let shot_probs = ctx.support.as_ref().map(|s| {
+                let mut lp: Vec<f32> = (0..s.features.rows)
+                    .flat_map(|i| ctx.classifier.logits(s.features.row(i)))
+                    .collect();
+                probs(&mut lp);
+                lp
+            });
+            let support = match (&shot_probs, &ctx.support) {
+                (Some(p), Some(s)) => Some((p.as_slice(), s.labels.as_slice())),
+                _ => None,
+            };
+            transduct::em_dirichlet(&logits, n, k, support, p)?
+        }
+    };
+    let refined: Vec<(usize, f32)> = outcome
+        .pred
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            let row = &outcome.z[i * outcome.k..(i + 1) * outcome.k];
+            (c, row.iter().copied().fold(0.0, f32::max))
+        })
+        .collect();
+    let changed = refined
+        .iter()
+        .zip(frames)
+        .filter(|((c, _), f)| *c != f.class)
+        .count();
+    Ok(Pass {
+        outcome,
+        refined,
+        changed,
+        duration: started.elapsed(),
+    })
+}
+
+struct Shared {
+    buffer: Mutex<RingBuffer>,
+    wake: Condvar,
+    stop: Mutex<bool>,
+}
+
+/// The head thread's handle: push frames, then `finish` to run a last pass and stop.
+#[derive(Clone)]
+pub struct RefinerHandle {
+    shared: Arc<Shared>,
+    every_frames: usize,
+}
+
+impl RefinerHandle {
+    /// Add a classified frame (never blocks on a running refinement).
+    pub fn push(&self, f: BufferedFrame) {
+        let wake = match self.shared.buffer.lock() {
+            Ok(mut b) => {
+                b.push(f);
+                b.fresh() >= self.every_frames
+            }
+            Err(_) => false,
+        };
+        if wake {
+            self.shared.wake.notify_one();
+        }
+    }
+}
+
+/// Start the refiner thread. It refines whenever `every_frames` new frames have arrived or
+/// `every_secs` have passed with new frames, and once more for the frames left when stopped.
+pub fn spawn(
+    cfg: &RefineConfig,
+    ctx: RefineContext,
+    writer: SyncSender<WriteOp>,
+) -> std::io::Result<(RefinerHandle, Refiner)> {
+    let shared = Arc::new(Shared {
+        buffer: Mutex::new(RingBuffer::new(cfg.buffer)),
+        wake: Condvar::new(),
+        stop: Mutex::new(false),
+    });
+    let every_frames = cfg.every_frames.max(1);
+    let every = Duration::from_secs_f64(cfg.every_secs.max(0.01));
+    let smoothing = cfg.smoothing;
+    let params_json = params_json(&ctx.params);
+    let algorithm = ctx.params.method().name().to_string();
+    let s = shared.clone();
+    let thread = std::thread::Builder::new()
+        .name("clipd-refiner".into())
+        .spawn(move || {
+            let mut smoother = Smoother::new(smoothing);
+            let mut stats = RefinerStats::default();
+            let mut last = Instant::now();
+            loop {
+                let (frames, stopping) = {
+                    let Ok(mut b) = s.buffer.lock() else { break };
+                    loop {
+                        let stopping = s.stop.lock().map(|g| *g).unwrap_or(true);
+                        let due =
+                            b.fresh() >= every_frames || (b.fresh() > 0 && last.elapsed() >= every);
+                        if stopping || due {
+                            let frames = if b.fresh() > 0 {
+                                b.snapshot()
+                            } else {
+                                Vec::new()
+                            };
+                            break (frames, stopping);
+                        }
+                        let wait = every
+                            .saturating_sub(last.elapsed())
+                            .max(Duration::from_millis(10));
+                        b = match s.wake.wait_timeout(b, wait) {
+                            Ok((g, _)) => g,
+                            Err(_) => return stats,
+                        };
+                    }
+                };
+                last = Instant::now();
+                if !frames.is_empty() {
+                    match refine(&ctx, &frames) {
+                        Ok(pass) => {
+                            stats.passes += 1;
+                            stats.total += pass.duration;
+                            let record = to_record(
+                                &ctx,
+                                &frames,
+                                &pass,
+                                &algorithm,
+                                &params_json,
+                                &mut smoother,
+                            );
+                            stats.state_changes += record.state_changes.len() as u64;
+                            if writer.send(WriteOp::Refine(Box::new(record))).is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            stats.failed += 1;
+                            log::warn!("refinement of {} frames failed: {e}", frames.len());
+                        }
+                    }
+                }
+                if stopping {
+                    break;
+                }
+            }
+            stats
+        })?;
+    Ok((
+        RefinerHandle {
+            shared: shared.clone(),
+            every_frames,
+        },
+        Refiner {
+            shared,
+            thread: Some(thread),
+        },
+    ))
+}
+
+fn params_json(p: &Params) -> String {
+    serde_json::to_string(p).unwrap_or_else(|_| "{}".into())
+}
+
+fn to_record(
+    ctx: &RefineContext,
+    frames: &[BufferedFrame],
+    pass: &Pass,
+    algorithm: &str,
+    params: &str,
+    smoother: &mut Smoother,
+) -> RefinementRecord {
+    let name = |c: usize| ctx.labels.get(c).cloned().unwrap_or_default();
+    let labels: Vec<(i64, String, f32)> = frames
+        .iter()
+        .zip(&pass.refined)
+        .map(|(f, &(c, s))| (f.id, name(c), s))
+        .collect();
+    let votes: Vec<(String, i64, String)> = frames
+        .iter()
+        .zip(&pass.refined)
+        .map(|(f, &(c, _))| (f.source.clone(), f.ts_ms, name(c)))
+        .collect();
+    RefinementRecord {
+        ts_ms: now_ms(),
+        algorithm: algorithm.to_string(),
+        params: params.to_string(),
+        n_frames: frames.len(),
+        n_changed: pass.changed,
+        duration_ms: pass.duration.as_millis() as u64,
+        labels,
+        state_changes: smoother.update(&votes),
+    }
+}
+
+/// What the refiner did over its life.
+#[derive(Debug, Default, Clone)]
+pub struct RefinerStats {
+    pub passes: u64,
+    pub failed: u64,
+    pub state_changes: u64,
+    pub total: Duration,
+}
+
+/// Owner of the refiner thread.
+pub struct Refiner {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<RefinerStats>>,
+}
+
+impl Refiner {
+    /// Refine what is left, stop, and return the statistics.
+    pub fn finish(mut self) -> RefinerStats {
+        if let Ok(mut s) = self.shared.stop.lock() {
+            *s = true;
+        }
+        self.shared.wake.notify_all();
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::head::ZeroShotHead;
+
+    /// Two classes along the x and y axes; frames near the axes, labelled by their start.
+    fn context(method: &str) -> RefineContext {
+        let text = Mat::from_vec(2, 3, vec![1.0, 0.0, 0.2, 0.0, 1.0, 0.2]);
+        let head = ZeroShotHead::new(vec!["x".into(), "y".into()], text.data.clone(), 3, 10.0)
+            .expect("head");
+        let cfg = RefineConfig {
+            method: method.into(),
+            ..Default::default()
+        };
+        RefineContext {
+            params: RefineContext::params(&cfg, 2, false).expect("params"),
+            text: crate::adapter::linalg::normalize_rows(&text).0,
+            labels: vec!["x".into(), "y".into()],
+            classifier: Arc::new(head),
+            logit_scale: 10.0,
+            support: None,
+        }
+    }
+
+    fn frames() -> Vec<BufferedFrame> {
+        let mut rng = crate::rng::Rng::new(3);
+        (0..24)
+            .map(|i| {
+                let c = i % 2;
+                let mut e = [0.05 * rng.normal() as f32; 3];
+                e[c] += 1.0;
+                e[2] = 0.3 * rng.normal() as f32;
+                let n = e.iter().map(|v| v * v).sum::<f32>().sqrt();
+                BufferedFrame {
+                    id: i as i64 + 1,
+                    ts_ms: i as i64,
+                    source: "cam".into(),
+                    class: c,
+                    embedding: e.iter().map(|v| v / n).collect(),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_method_keeps_clear_frames_and_reports_scores() {
+        for m in ["transclip", "em-dirichlet", "hard-em-dirichlet"] {
+            let fs = frames();
+            let pass = refine(&context(m), &fs).expect("refine");
+            assert_eq!(pass.refined.len(), fs.len());
+            for (f, (c, s)) in fs.iter().zip(&pass.refined) {
+                assert_eq!(*c, f.class, "{m}: frame {}", f.id);
+                assert!((0.0..=1.0).contains(s) && s.is_finite());
+            }
+            assert_eq!(pass.changed, 0);
+        }
+    }
+
+    #[test]
+    fn the_thread_refines_on_schedule_and_once_more_when_finished() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        let cfg = RefineConfig {
+            every_frames: 10,
+            every_secs: 3600.0,
+            smoothing: SmoothingConfig {
+                window: 8,
+                min_frames: 2,
+                agreement: 0.4,
+            },
+            ..Default::default()
+        };
+        let (handle, refiner) = spawn(&cfg, context("transclip"), tx).expect("spawn");
+        let fs = frames();
+        for f in &fs[..12] {
+            handle.push(f.clone());
+        }
+        // The first pass fires after 10 frames, without waiting for the hour.
+        let first = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(WriteOp::Refine(r)) => r,
+            other => panic!("expected a refinement, got {other:?}"),
+        };
+        assert!(first.n_frames >= 10);
+        assert_eq!(first.algorithm, "transclip");
+        assert!(first.params.contains("\"knn\""));
+        for f in &fs[12..] {
+            handle.push(f.clone());
+        }
+        let stats = refiner.finish();
+        let mut last = None;
+        while let Ok(WriteOp::Refine(r)) = rx.try_recv() {
+            last = Some(r);
+        }
+        let last = last.expect("a final pass for the frames left");
+        assert_eq!(last.n_frames, 24);
+        assert_eq!(last.labels.len(), 24);
+        assert!(stats.passes >= 2 && stats.failed == 0);
+        // Alternating x/y frames never reach agreement on one state beyond the first.
+        assert!(last.state_changes.len() <= 1);
+    }
+}
