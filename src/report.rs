@@ -24,6 +24,8 @@ use std::fmt::{Display, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use crate::store::csv_field;
+
 use plotters::backend::{BitMapBackend, RGBPixel};
 use plotters::coord::Shift;
 use plotters::element::{Circle, DashedPathElement, PathElement};
@@ -489,15 +491,6 @@ pub fn markdown_table(cells: &[ResultCell]) -> String {
         }
     }
     out
-}
-
-/// Quotes a CSV field per RFC 4180 when it contains a separator, quote or line break.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
 }
 
 /// A float for CSV: Rust's shortest representation that parses back to the same value, so

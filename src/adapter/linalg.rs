@@ -171,36 +171,50 @@ impl<T: Real> Mat<T> {
         Mat::from_vec(idx.len(), self.cols, data)
     }
 
-    /// `self · other`.
-    pub fn matmul(&self, other: &Mat<T>) -> Mat<T> {
-        assert_eq!(self.cols, other.rows, "matmul shapes");
-        let mut out = Mat::zeros(self.rows, other.cols);
+    /// `op(a)·op(b)` into a new `m × n` matrix, where each operand is viewed through its
+    /// (row, column) strides: `(cols, 1)` as stored, `(1, cols)` transposed.
+    fn product(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: (&[T], isize, isize),
+        b: (&[T], isize, isize),
+    ) -> Mat<T> {
+        let mut out = Mat::zeros(m, n);
         T::gemm(
-            self.rows,
-            self.cols,
-            other.cols,
+            m,
+            k,
+            n,
             T::one(),
-            &self.data,
-            self.cols as isize,
-            1,
-            &other.data,
-            other.cols as isize,
-            1,
+            a.0,
+            a.1,
+            a.2,
+            b.0,
+            b.1,
+            b.2,
             T::zero(),
             &mut out.data,
-            other.cols as isize,
+            n as isize,
             1,
         );
         out
     }
 
+    /// `self · other`.
+    pub fn matmul(&self, other: &Mat<T>) -> Mat<T> {
+        assert_eq!(self.cols, other.rows, "matmul shapes");
+        let a = (self.data.as_slice(), self.cols as isize, 1);
+        let b = (other.data.as_slice(), other.cols as isize, 1);
+        Mat::product(self.rows, self.cols, other.cols, a, b)
+    }
+
     /// `self · otherᵀ`.
     pub fn matmul_t(&self, other: &Mat<T>) -> Mat<T> {
         assert_eq!(self.cols, other.cols, "matmul_t shapes");
-        let mut out = Mat::zeros(self.rows, other.rows);
         if self.rows <= 2 {
             // One frame against a class matrix or cache on the frame path: GEMM would repack
             // all of `other` per call, which costs more than the dot products themselves.
+            let mut out = Mat::zeros(self.rows, other.rows);
             for (i, o) in out.data.chunks_exact_mut(other.rows.max(1)).enumerate() {
                 let a = self.row(i);
                 for (v, b) in o.iter_mut().zip(other.data.chunks_exact(other.cols.max(1))) {
@@ -209,46 +223,17 @@ impl<T: Real> Mat<T> {
             }
             return out;
         }
-        T::gemm(
-            self.rows,
-            self.cols,
-            other.rows,
-            T::one(),
-            &self.data,
-            self.cols as isize,
-            1,
-            &other.data,
-            1,
-            other.cols as isize,
-            T::zero(),
-            &mut out.data,
-            other.rows as isize,
-            1,
-        );
-        out
+        let a = (self.data.as_slice(), self.cols as isize, 1);
+        let b = (other.data.as_slice(), 1, other.cols as isize);
+        Mat::product(self.rows, self.cols, other.rows, a, b)
     }
 
     /// `selfᵀ · other`.
     pub fn t_matmul(&self, other: &Mat<T>) -> Mat<T> {
         assert_eq!(self.rows, other.rows, "t_matmul shapes");
-        let mut out = Mat::zeros(self.cols, other.cols);
-        T::gemm(
-            self.cols,
-            self.rows,
-            other.cols,
-            T::one(),
-            &self.data,
-            1,
-            self.cols as isize,
-            &other.data,
-            other.cols as isize,
-            1,
-            T::zero(),
-            &mut out.data,
-            other.cols as isize,
-            1,
-        );
-        out
+        let a = (self.data.as_slice(), 1, self.cols as isize);
+        let b = (other.data.as_slice(), other.cols as isize, 1);
+        Mat::product(self.cols, self.rows, other.cols, a, b)
     }
 
     /// `self · s` element-wise, in place.

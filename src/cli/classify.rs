@@ -18,7 +18,7 @@ use clipd::engine::Engine;
 use clipd::pipeline::{self, PipelineOptions, VecSink};
 use clipd::preprocess::Transform;
 use clipd::source::FileListSource;
-use clipd::store::is_broken_pipe;
+use clipd::store::{csv_field, is_broken_pipe};
 
 use super::{
     adapter_path, bundle_dir, load_config, AdapterArg, ModelArgs, UsageError, SOME_FAILED,
@@ -162,10 +162,10 @@ fn write(rows: &[Row], format: OutputFormat) -> std::io::Result<()> {
                 writeln!(
                     out,
                     "{},{},{:.4},{}",
-                    csv(r.path),
-                    csv(r.label),
+                    csv_field(r.path),
+                    csv_field(r.label),
                     r.score,
-                    csv(&topk.join(";"))
+                    csv_field(&topk.join(";"))
                 )?;
             }
         }
@@ -192,13 +192,4 @@ fn write(rows: &[Row], format: OutputFormat) -> std::io::Result<()> {
         }
     }
     out.flush()
-}
-
-/// Quote a CSV field when needed (RFC 4180).
-fn csv(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
 }

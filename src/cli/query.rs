@@ -8,8 +8,8 @@ use anyhow::Result;
 use clap::Args;
 
 use clipd::store::{
-    format_ts_ms as format_ts, is_broken_pipe, now_ms, parse_time_spec, write_rows, write_stats,
-    write_summary, Bucket, Format, FrameFilter, StateChange, Store,
+    csv_field, format_ts_ms as format_ts, is_broken_pipe, now_ms, parse_time_spec, write_rows,
+    write_stats, write_summary, Bucket, Format, FrameFilter, StateChange, Store,
 };
 
 use super::{load_config, UsageError};
@@ -170,12 +170,4 @@ fn write_changes(
         }
     }
     out.flush()
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
 }

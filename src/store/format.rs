@@ -151,7 +151,7 @@ fn write_json_array<W: Write, T: Serialize>(
 
 /// Quotes a CSV field when it holds a delimiter, quote, line break or edge
 /// whitespace (RFC 4180: inner quotes are doubled).
-fn csv_field(s: &str) -> Cow<'_, str> {
+pub fn csv_field(s: &str) -> Cow<'_, str> {
     let needs = s.contains([',', '"', '\n', '\r'])
         || s.starts_with(char::is_whitespace)
         || s.ends_with(char::is_whitespace);

@@ -32,7 +32,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
-pub use format::{is_broken_pipe, write_rows, write_stats, write_summary, Format};
+pub use format::{csv_field, is_broken_pipe, write_rows, write_stats, write_summary, Format};
 pub use migrate::SCHEMA_VERSION;
 pub use query::{Bucket, FrameFilter, FrameRow, LabelCount, StatRow, Summary};
 pub use timespec::{format_ts_ms, now_ms, parse_time_spec, TimeSpecError};
