@@ -306,9 +306,30 @@ fn eval_writes_tables_csv_and_curves() {
         "1",
         "--out",
         out.to_str().unwrap(),
+        "--transduct",
+        "--transduct-methods",
+        "transclip,hard-em-dirichlet",
+        "--presets",
+        "default",
+        "--dominant",
+        "2",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let table = stdout(&o);
+    // zero-shot and the two adapters (1 shot, first draw) × 2 methods × 1 preset.
+    let t = std::fs::read_to_string(out.join("transduct.csv")).unwrap();
+    assert_eq!(t.lines().count(), 1 + 3 * 2, "{t}");
+    for start in ["zero-shot,", "tip,", "linear,"] {
+        assert!(t.lines().any(|l| l.starts_with(start)), "{start}: {t}");
+    }
+    assert!(table.contains("Transductive refinement"), "{table}");
+    for l in t.lines().skip(1) {
+        let f: Vec<&str> = l.split(',').collect();
+        for v in &f[3..6] {
+            let x: f64 = v.parse().unwrap();
+            assert!((0.0..=1.0).contains(&x), "{l}");
+        }
+    }
     for needle in ["zero-shot", "tip", "linear"] {
         assert!(table.contains(needle), "{needle}: {table}");
     }

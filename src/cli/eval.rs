@@ -13,10 +13,17 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 
-use clipd::adapter::train::{train as train_method, TrainOptions};
-use clipd::adapter::{Head, Method};
+use std::sync::Arc;
+
+use clipd::adapter::linalg::Mat;
+use clipd::adapter::train::{train as train_method, Shots, TrainOptions};
+use clipd::adapter::{AdaptedHead, Head, Method};
+use clipd::head::Classifier;
+use clipd::refiner::evaluate::{evaluate, stream_windows, Scores};
+use clipd::refiner::{RefineContext, Support};
 use clipd::report::{self, CurvePoint, ResultCell};
 use clipd::rng::Rng;
+use clipd::transduct::{Method as TMethod, Params, Preset};
 
 use super::progress::Progress;
 use super::train::{encode_dir, prepare};
@@ -46,9 +53,27 @@ pub struct EvalArgs {
     /// Random-augmentation views per pool image (0 disables).
     #[arg(long, default_value_t = 10, value_name = "N")]
     augment: usize,
-    /// Directory for results.csv, results.md, curves.csv and curves-<K>shot.png.
+    /// Directory for results.csv, results.md, curves.csv and curves-<K>shot.png (and
+    /// transduct.csv / transduct.md with --transduct).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Also refine the test set transductively: zero-shot and every adapter (trained at
+    /// --transduct-shots on the first draw) as the start, each method and preset, fed as a
+    /// stream of windows dominated by a few classes and as one whole buffer.
+    #[arg(long)]
+    transduct: bool,
+    /// Shot count of the adapters refined with --transduct [default: 4, else the smallest].
+    #[arg(long, value_name = "K")]
+    transduct_shots: Option<usize>,
+    /// Transductive methods [default: all].
+    #[arg(long, value_delimiter = ',')]
+    transduct_methods: Vec<TMethod>,
+    /// Presets to compare.
+    #[arg(long, value_delimiter = ',', default_value = "default,reference")]
+    presets: Vec<Preset>,
+    /// Classes that dominate each stream window.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    dominant: usize,
 }
 
 /// Evaluate and print (and write) the tables.
@@ -118,6 +143,15 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
     let mut shots_sorted = args.shots.clone();
     shots_sorted.sort_unstable();
     shots_sorted.dedup();
+    let transduct_shots = args
+        .transduct_shots
+        .unwrap_or(if shots_sorted.contains(&4) {
+            4
+        } else {
+            shots_sorted[0]
+        });
+    // The adapters refined with --transduct: (method, head, the shots it was trained on).
+    let mut bases: Vec<(Method, Head, Shots)> = Vec::new();
     println!(
         "eval: {} classes, pool {} images, test {} images, shots {:?}, {} draws, methods {}",
         classes,
@@ -159,6 +193,9 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
                 let trained = train_method(method, &shots, &p.text, scale, &opts)?;
                 timings.push((method, k, t0.elapsed().as_secs_f64()));
                 let (t1, t5) = trained.head.evaluate(test_x, test_y);
+                if args.transduct && seed == args.first_seed && k == transduct_shots {
+                    bases.push((method, trained.head.clone(), shots.clone()));
+                }
                 let cell = match cells
                     .iter_mut()
                     .find(|c| c.method == method.name() && c.shots == k)
@@ -219,7 +256,24 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
             .collect();
         println!("  {:<13} {}", m.name(), per.join(", "));
     }
+    let transduct_rows = if args.transduct {
+        let labels: Vec<String> = p.engine.classes.iter().map(|c| c.name.clone()).collect();
+        let rows = transduct_table(
+            &args, &p.text, scale, &labels, test_x, test_y, &zero, &bases,
+        )?;
+        print!("{}", transduct_text(&rows, transduct_shots, args.dominant));
+        Some(rows)
+    } else {
+        None
+    };
     if let Some(out) = &args.out {
+        if let Some(rows) = &transduct_rows {
+            report::write_file(
+                &out.join("transduct.md"),
+                &transduct_markdown(rows, transduct_shots, args.dominant),
+            )?;
+            report::write_file(&out.join("transduct.csv"), &transduct_csv(rows))?;
+        }
         report::write_file(&out.join("results.csv"), &report::results_csv(&cells))?;
         report::write_file(&out.join("results.md"), &report::markdown_table(&cells))?;
         report::write_file(&out.join("curves.csv"), &report::curves_csv(&curves))?;
@@ -231,4 +285,179 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
         println!("wrote {}", out.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One transductive result: a start (zero-shot or an adapter), a method and a preset.
+struct TransductRow {
+    start: String,
+    method: TMethod,
+    preset: Preset,
+    stream: Scores,
+    whole: Scores,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn transduct_table(
+    args: &EvalArgs,
+    text: &Mat<f32>,
+    scale: f32,
+    labels: &[String],
+    x: &Mat<f32>,
+    y: &[usize],
+    zero: &Head,
+    bases: &[(Method, Head, Shots)],
+) -> Result<Vec<TransductRow>> {
+    let methods = if args.transduct_methods.is_empty() {
+        TMethod::ALL.to_vec()
+    } else {
+        args.transduct_methods.clone()
+    };
+    let k = labels.len();
+    let windows = stream_windows(y, k, args.dominant, 0.2, args.first_seed);
+    let whole = vec![(0..y.len()).collect::<Vec<_>>()];
+    let mut starts: Vec<(String, Head, Option<&Shots>)> =
+        vec![(Method::ZeroShot.name().to_string(), zero.clone(), None)];
+    for (m, h, s) in bases {
+        starts.push((m.name().to_string(), h.clone(), Some(s)));
+    }
+    let total = (starts.len() * methods.len() * args.presets.len()) as u64;
+    let progress = Progress::new("transductive runs");
+    let mut rows = Vec::new();
+    for (start, head, shots) in &starts {
+        let classifier: Arc<dyn Classifier> =
+            Arc::new(AdaptedHead::new(labels.to_vec(), head.clone()));
+        for &method in &methods {
+            for &preset in &args.presets {
+                let support = shots.map(|s| Support {
+                    features: s.views[0].clone(),
+                    labels: s.labels.clone(),
+                });
+                let ctx = RefineContext {
+                    params: Params::new(method, preset, k, support.is_some()),
+                    text: text.clone(),
+                    labels: labels.to_vec(),
+                    classifier: classifier.clone(),
+                    logit_scale: scale,
+                    support,
+                };
+                let stream = evaluate(&ctx, x, y, &windows)?;
+                let all = evaluate(&ctx, x, y, &whole)?;
+                log::info!(
+                    "{start} + {method} ({preset}): stream {:.1}% → {:.1}%, whole {:.1}%",
+                    100.0 * stream.base_top1,
+                    100.0 * stream.refined_top1,
+                    100.0 * all.refined_top1
+                );
+                rows.push(TransductRow {
+                    start: start.clone(),
+                    method,
+                    preset,
+                    stream,
+                    whole: all,
+                });
+                progress.set(rows.len() as u64, total);
+            }
+        }
+    }
+    progress.finish();
+    Ok(rows)
+}
+
+fn transduct_cells(r: &TransductRow) -> [String; 7] {
+    let pct = |v: f64| format!("{:.1}", 100.0 * v);
+    let delta = |a: f64, b: f64| format!("{:+.1}", 100.0 * (a - b));
+    [
+        r.start.clone(),
+        format!("{} ({})", r.method, r.preset),
+        pct(r.stream.base_top1),
+        format!(
+            "{} ({})",
+            pct(r.stream.refined_top1),
+            delta(r.stream.refined_top1, r.stream.base_top1)
+        ),
+        format!(
+            "{} ({})",
+            pct(r.whole.refined_top1),
+            delta(r.whole.refined_top1, r.whole.base_top1)
+        ),
+        format!("{:.0}", r.stream.ms_per_window),
+        format!("{:.0}", r.whole.ms_per_window),
+    ]
+}
+
+const TRANSDUCT_HEADER: [&str; 7] = [
+    "start",
+    "refinement",
+    "start top-1",
+    "stream top-1 (Δ)",
+    "whole top-1 (Δ)",
+    "ms / window",
+    "ms / whole",
+];
+
+fn transduct_title(shots: usize, dominant: usize) -> String {
+    format!(
+        "Transductive refinement, top-1 % (adapters: {shots} shots, first draw; stream: windows \
+         where {dominant} classes supply 80% of the frames)"
+    )
+}
+
+fn transduct_text(rows: &[TransductRow], shots: usize, dominant: usize) -> String {
+    let cells: Vec<[String; 7]> = rows.iter().map(transduct_cells).collect();
+    let widths: Vec<usize> = (0..7)
+        .map(|i| {
+            cells
+                .iter()
+                .map(|c| c[i].chars().count())
+                .chain([TRANSDUCT_HEADER[i].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |c: &[String]| -> String {
+        c.iter()
+            .zip(&widths)
+            .map(|(s, w)| format!("{s:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+            + "\n"
+    };
+    let mut out = transduct_title(shots, dominant) + "\n";
+    out.push_str(&line(&TRANSDUCT_HEADER.map(String::from)));
+    for c in &cells {
+        out.push_str(&line(c));
+    }
+    out
+}
+
+fn transduct_markdown(rows: &[TransductRow], shots: usize, dominant: usize) -> String {
+    let mut out = format!("**{}**\n\n", transduct_title(shots, dominant));
+    out.push_str(&format!("| {} |\n", TRANSDUCT_HEADER.join(" | ")));
+    out.push_str("|:---|:---|---:|---:|---:|---:|---:|\n");
+    for r in rows {
+        out.push_str(&format!("| {} |\n", transduct_cells(r).join(" | ")));
+    }
+    out
+}
+
+fn transduct_csv(rows: &[TransductRow]) -> String {
+    let mut out = String::from(
+        "start,method,preset,start_top1,stream_top1,whole_top1,stream_ms_per_window,whole_ms\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{:.1},{:.1}\n",
+            r.start,
+            r.method,
+            r.preset,
+            r.stream.base_top1,
+            r.stream.refined_top1,
+            r.whole.refined_top1,
+            r.stream.ms_per_window,
+            r.whole.ms_per_window
+        ));
+    }
+    out
 }

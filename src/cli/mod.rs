@@ -1,6 +1,7 @@
 //! Command definitions, shared option handling and exit codes.
 
 mod bench;
+mod bench_transduct;
 mod classify;
 mod embed;
 mod eval;

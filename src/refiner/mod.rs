@@ -6,6 +6,7 @@
 //! ever take the buffer's lock for a push.
 
 pub mod buffer;
+pub mod evaluate;
 pub mod smoothing;
 
 use std::sync::mpsc::SyncSender;
