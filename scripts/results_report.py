@@ -204,6 +204,19 @@ def report(data: Path, work: Path, docs: Path, n_seeds: int) -> str:
       "knows; they cannot replace it. (`cross-modal` can, because it learns each class row "
       "freely from its initialisation.)\n")
 
+    w("## Transductive refinement\n")
+    w("The `default` preset is chosen on the fieldset validation split (500 mildly shifted "
+      "frames) by `scripts/tune_transduct.py`; the test split below is only scored. Candidates, "
+      "zero-shot start:\n")
+    w((docs / "transduct-tuning.md").read_text())
+    w("\nOn the test split, starting from zero-shot and from each 4-shot adapter (first draw; "
+      "the adapter's shots anchor few-shot refinement), every method in both presets:\n")
+    w((docs / "fieldset/transduct.md").read_text())
+    bt = (work / "bench-transduct.txt").read_text()
+    w("\nCost (`clipd bench --transduct`; synthetic buffers, d = 512, one pass, default preset; "
+      "then the pipeline on the demo frames with and without the refiner):\n")
+    w("```\n" + bt.strip() + "\n```\n")
+
     w("## Training time and per-frame cost (tiny model, 2 cores)\n")
     w("`clipd train` on 40 classes × 16 shots (the first 40 fieldset classes), including the "
       "hyperparameter search; encoding the 640 shots × 11 views (plain + 10 augmentations) is "

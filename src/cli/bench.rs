@@ -332,6 +332,7 @@ fn refiner_latency(
                 classifier: classifier.clone(),
                 logit_scale: engine.bundle.manifest.logit_scale,
                 support: None,
+                max_changed: Some(rc.max_changed),
             };
             let (h, r) = clipd::refiner::spawn(&rc, ctx, tx.clone())?;
             let index = labels

@@ -57,6 +57,7 @@ fn time_pass(method: Method, n: usize, k: usize, d: usize) -> Result<f64> {
         classifier: Arc::new(head),
         logit_scale: 100.0,
         support: None,
+        max_changed: None,
     };
     let started = Instant::now();
     refine(&ctx, &frames)?;

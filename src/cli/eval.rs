@@ -339,6 +339,8 @@ fn transduct_table(
                     classifier: classifier.clone(),
                     logit_scale: scale,
                     support,
+                    // The daemon's guard goes with the default preset; the reference runs bare.
+                    max_changed: (preset == Preset::Default).then_some(0.3),
                 };
                 let stream = evaluate(&ctx, x, y, &windows)?;
                 let all = evaluate(&ctx, x, y, &whole)?;

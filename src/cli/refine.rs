@@ -109,6 +109,7 @@ pub fn refine_history(args: RefineArgs) -> Result<ExitCode> {
             .as_ref()
             .and_then(|a| a.support.clone())
             .map(|(features, labels)| Support { features, labels }),
+        max_changed: Some(rc.max_changed),
     };
 
     let now = now_ms();
@@ -157,10 +158,11 @@ pub fn refine_history(args: RefineArgs) -> Result<ExitCode> {
         Some(Store::open(&db, &StoreOptions::default())?)
     };
     let params_json = serde_json::to_string(&params)?;
-    let (mut changed, mut total_ms) = (0usize, 0.0f64);
+    let (mut changed, mut total_ms, mut held) = (0usize, 0.0f64, 0usize);
     for chunk in frames.chunks(window) {
         let pass = refine(&ctx, chunk)?;
         changed += pass.changed;
+        held += usize::from(pass.guarded.is_some());
         total_ms += pass.duration.as_secs_f64() * 1000.0;
         if let Some(store) = writer.as_mut() {
             store.apply_refinement(&RefinementRecord {
@@ -180,7 +182,7 @@ pub fn refine_history(args: RefineArgs) -> Result<ExitCode> {
         }
     }
     println!(
-        "{} frames in {} windows of up to {window}: {changed} labels {} by {} ({}), {:.1} ms per window; {skipped} frames skipped",
+        "{} frames in {} windows of up to {window}: {changed} labels {} by {} ({}), {held} windows held back by max_changed, {:.1} ms per window; {skipped} frames skipped",
         frames.len(),
         frames.len().div_ceil(window),
         if args.dry_run { "would change" } else { "changed" },

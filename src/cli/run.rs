@@ -226,6 +226,7 @@ pub fn execute(
                 classifier: head.clone(),
                 logit_scale: engine.bundle.manifest.logit_scale,
                 support: support.map(|(features, labels)| Support { features, labels }),
+                max_changed: Some(rc.max_changed),
             };
             let index = labels
                 .iter()
@@ -287,8 +288,9 @@ pub fn execute(
     print_summary(&stats, &written, &db, &model_id, adapter_id.as_deref());
     if let Some(r) = refined {
         println!(
-            "refinement: {} passes ({} failed), {:.1} ms per pass, {} state changes",
+            "refinement: {} passes ({} held back by max_changed, {} failed), {:.1} ms per pass, {} state changes",
             r.passes,
+            r.guarded,
             r.failed,
             r.total.as_secs_f64() * 1000.0 / r.passes.max(1) as f64,
             r.state_changes
