@@ -377,7 +377,9 @@ fn refiner_latency(
             Arc::new(AtomicBool::new(false)),
         )?;
         let stats = refiner.map(|r| r.finish()).unwrap_or_default();
-        let BenchSink { latencies, .. } = sink;
+        // Dropping the sink's sender lets the writer drain and stop.
+        let BenchSink { latencies, tx, .. } = sink;
+        drop(tx);
         let _ = writer.join();
         rows.push(super::bench_transduct::Latency::from_samples(
             latencies,

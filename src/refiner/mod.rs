@@ -279,6 +279,7 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name("clipd-refiner".into())
         .spawn(move || {
+            yield_to_pipeline();
             let mut smoother = Smoother::new(smoothing);
             let mut stats = RefinerStats::default();
             let mut last = Instant::now();
@@ -354,6 +355,24 @@ pub fn spawn(
             thread: Some(thread),
         },
     ))
+}
+
+/// Run this thread at the lowest scheduling priority: on a board with two to four cores a
+/// refinement pass would otherwise take cores from decoding and encoding and show up as frame
+/// latency. Failing to lower it is harmless and only logged.
+fn yield_to_pipeline() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority only reads its integer arguments; `who = 0` with PRIO_PROCESS
+        // names the calling thread on Linux, where every thread is its own schedulable task.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+        if rc != 0 {
+            log::debug!(
+                "refiner: could not lower its priority: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
 }
 
 fn params_json(p: &Params) -> String {
