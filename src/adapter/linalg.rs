@@ -218,7 +218,7 @@ impl<T: Real> Mat<T> {
             for (i, o) in out.data.chunks_exact_mut(other.rows.max(1)).enumerate() {
                 let a = self.row(i);
                 for (v, b) in o.iter_mut().zip(other.data.chunks_exact(other.cols.max(1))) {
-                    *v = a.iter().zip(b).map(|(&x, &y)| x * y).sum();
+                    *v = dot(a, b);
                 }
             }
             return out;
@@ -271,6 +271,25 @@ impl<T: Real> Mat<T> {
     pub fn sq_norm(&self) -> T {
         self.data.iter().map(|&v| v * v).sum()
     }
+}
+
+/// Dot product with eight independent partial sums: a single running sum is one long chain of
+/// dependent additions, while eight let the compiler keep a vector register busy.
+fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: T = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(&x, &y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().copied().sum::<T>() + tail
 }
 
 /// L2-normalise every row; returns the normalised rows and the original norms (needed by
@@ -382,7 +401,7 @@ mod tests {
         let mut rand = |rows: usize, cols: usize| {
             Mat::from_vec(rows, cols, (0..rows * cols).map(|_| r.normal()).collect())
         };
-        let (x, other) = (rand(5, 7), rand(9, 7));
+        let (x, other) = (rand(5, 21), rand(9, 21));
         let all = x.matmul_t(&other);
         for i in 0..5 {
             let one = x.select_rows(&[i]).matmul_t(&other);
