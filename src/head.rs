@@ -233,6 +233,22 @@ pub trait Classifier: Send + Sync {
     }
 }
 
+/// A classifier shared between threads (the pipeline's head and the refiner) is still one.
+impl<C: Classifier + ?Sized> Classifier for std::sync::Arc<C> {
+    fn labels(&self) -> &[String] {
+        (**self).labels()
+    }
+    fn dim(&self) -> usize {
+        (**self).dim()
+    }
+    fn logits(&self, feature: &[f32]) -> Vec<f32> {
+        (**self).logits(feature)
+    }
+    fn predict(&self, feature: &[f32], k: usize) -> Prediction {
+        (**self).predict(feature, k)
+    }
+}
+
 impl Classifier for ZeroShotHead {
     fn labels(&self) -> &[String] {
         ZeroShotHead::labels(self)

@@ -361,7 +361,7 @@ fn refiner_latency(
             vec![src],
             Transform::from_spec(&engine.bundle.manifest.image),
             Box::new(enc),
-            Box::new(super::bench_transduct::Shared(classifier)),
+            Box::new(classifier),
             None,
             sink,
             PipelineOptions {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use clipd::adapter::linalg::{normalize_rows, Mat};
-use clipd::head::{Classifier, ZeroShotHead};
+use clipd::head::ZeroShotHead;
 use clipd::refiner::{refine, BufferedFrame, RefineContext};
 use clipd::rng::Rng;
 use clipd::transduct::{Method, Params, Preset};
@@ -121,21 +121,6 @@ impl Latency {
             passes,
             per_pass,
         }
-    }
-}
-
-/// Keep the classifier shareable between the pipeline and the refiner.
-pub struct Shared(pub Arc<dyn Classifier>);
-
-impl Classifier for Shared {
-    fn labels(&self) -> &[String] {
-        self.0.labels()
-    }
-    fn dim(&self) -> usize {
-        self.0.dim()
-    }
-    fn logits(&self, feature: &[f32]) -> Vec<f32> {
-        self.0.logits(feature)
     }
 }
 

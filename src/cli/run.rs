@@ -17,7 +17,7 @@ use clipd::classes::ClassSpec;
 use clipd::config::Loaded;
 use clipd::encoder::EncoderOptions;
 use clipd::engine::Engine;
-use clipd::head::{Classifier, Prediction};
+use clipd::head::Classifier;
 use clipd::pipeline::{self, FrameResult, PipelineOptions, RunStats, Sink};
 use clipd::preprocess::Transform;
 use clipd::refiner::{self, BufferedFrame, RefineContext, RefinerHandle, Support};
@@ -264,7 +264,7 @@ pub fn execute(
         sources,
         transform,
         Box::new(engine.image_encoder),
-        Box::new(SharedClassifier(head)),
+        Box::new(head),
         Some(labels),
         sink,
         popts,
@@ -368,22 +368,4 @@ fn print_summary(
     out.push_str(&format!("database: {} ({w})\n", db.display()));
     // A closed stdout (e.g. piped into `head`) is not worth failing the run over.
     let _ = std::io::stdout().lock().write_all(out.as_bytes());
-}
-
-/// The pipeline's classifier, shared with the refiner (which recomputes start probabilities).
-struct SharedClassifier(Arc<dyn Classifier>);
-
-impl Classifier for SharedClassifier {
-    fn labels(&self) -> &[String] {
-        self.0.labels()
-    }
-    fn dim(&self) -> usize {
-        self.0.dim()
-    }
-    fn logits(&self, feature: &[f32]) -> Vec<f32> {
-        self.0.logits(feature)
-    }
-    fn predict(&self, feature: &[f32], k: usize) -> Prediction {
-        self.0.predict(feature, k)
-    }
 }
