@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use clap::Args;
 
-use clipd::adapter::linalg::Mat;
 use clipd::classes::ClassSpec;
 use clipd::encoder::{EncoderOptions, ImageEncoder, TractImageEncoder};
 use clipd::engine::Engine;
@@ -321,19 +320,9 @@ fn refiner_latency(
                 buffer: 1024,
                 ..Default::default()
             };
-            let ctx = RefineContext {
-                params: RefineContext::params(&rc, labels.len(), false)?,
-                text: Mat::from_vec(
-                    labels.len(),
-                    engine.head.dim(),
-                    engine.head.weights().to_vec(),
-                ),
-                labels: labels.clone(),
-                classifier: classifier.clone(),
-                logit_scale: engine.bundle.manifest.logit_scale,
-                support: None,
-                max_changed: Some(rc.max_changed),
-            };
+            let params = RefineContext::params(&rc, labels.len(), false)?;
+            let ctx =
+                RefineContext::for_engine(engine, classifier.clone(), params, Some(rc.max_changed));
             let (h, r) = clipd::refiner::spawn(&rc, ctx, tx.clone())?;
             let index = labels
                 .iter()

@@ -10,12 +10,11 @@ use std::sync::Arc;
 use anyhow::Result;
 use clap::Args;
 
-use clipd::adapter::linalg::Mat;
 use clipd::classes::ClassSpec;
 use clipd::encoder::EncoderOptions;
 use clipd::engine::Engine;
 use clipd::head::Classifier;
-use clipd::refiner::{refine, BufferedFrame, RefineConfig, RefineContext, Support};
+use clipd::refiner::{refine, BufferedFrame, RefineConfig, RefineContext};
 use clipd::store::{now_ms, parse_time_spec, RefinementRecord, Store, StoreOptions};
 
 use super::{adapter_path, bundle_dir, load_config, AdapterArg, ModelArgs, UsageError};
@@ -94,23 +93,7 @@ pub fn refine_history(args: RefineArgs) -> Result<ExitCode> {
         .map(|(i, l)| (l.as_str(), i))
         .collect();
     let classifier: Arc<dyn Classifier> = Arc::from(engine.classifier());
-    let ctx = RefineContext {
-        params: params.clone(),
-        text: Mat::from_vec(
-            labels.len(),
-            engine.head.dim(),
-            engine.head.weights().to_vec(),
-        ),
-        labels: labels.clone(),
-        classifier,
-        logit_scale: engine.bundle.manifest.logit_scale,
-        support: engine
-            .adapter
-            .as_ref()
-            .and_then(|a| a.support.clone())
-            .map(|(features, labels)| Support { features, labels }),
-        max_changed: Some(rc.max_changed),
-    };
+    let ctx = RefineContext::for_engine(&engine, classifier, params.clone(), Some(rc.max_changed));
 
     let now = now_ms();
     let since = args

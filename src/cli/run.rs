@@ -12,7 +12,6 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Args;
 
-use clipd::adapter::linalg::Mat;
 use clipd::classes::ClassSpec;
 use clipd::config::Loaded;
 use clipd::encoder::EncoderOptions;
@@ -20,7 +19,7 @@ use clipd::engine::Engine;
 use clipd::head::Classifier;
 use clipd::pipeline::{self, FrameResult, PipelineOptions, RunStats, Sink};
 use clipd::preprocess::Transform;
-use clipd::refiner::{self, BufferedFrame, RefineContext, RefinerHandle, Support};
+use clipd::refiner::{self, BufferedFrame, RefineContext, RefinerHandle};
 use clipd::source::{self, FrameSource};
 use clipd::store::{BatchWriter, FrameRecord, Store, StoreOptions, WriteOp, WriterSummary};
 
@@ -213,21 +212,13 @@ pub fn execute(
     let head: Arc<dyn Classifier> = Arc::from(engine.classifier());
     let refiner = match &refine {
         Some((rc, params)) => {
-            let labels: Vec<String> = engine.classes.iter().map(|c| c.name.clone()).collect();
-            let support = engine.adapter.as_ref().and_then(|a| a.support.clone());
-            let ctx = RefineContext {
-                params: params.clone(),
-                text: Mat::from_vec(
-                    labels.len(),
-                    engine.head.dim(),
-                    engine.head.weights().to_vec(),
-                ),
-                labels: labels.clone(),
-                classifier: head.clone(),
-                logit_scale: engine.bundle.manifest.logit_scale,
-                support: support.map(|(features, labels)| Support { features, labels }),
-                max_changed: Some(rc.max_changed),
-            };
+            let ctx = RefineContext::for_engine(
+                &engine,
+                head.clone(),
+                params.clone(),
+                Some(rc.max_changed),
+            );
+            let labels = &ctx.labels;
             let index = labels
                 .iter()
                 .enumerate()

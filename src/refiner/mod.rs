@@ -114,6 +114,35 @@ pub struct RefineContext {
 }
 
 impl RefineContext {
+    /// The context for refining what `engine` classifies with `classifier` (its own
+    /// classifier, shared): the engine's zero-shot class matrix, its class names, and the
+    /// adapter's shots as anchors when it has them.
+    pub fn for_engine(
+        engine: &crate::engine::Engine,
+        classifier: Arc<dyn Classifier>,
+        params: Params,
+        max_changed: Option<f64>,
+    ) -> RefineContext {
+        let labels: Vec<String> = engine.classes.iter().map(|c| c.name.clone()).collect();
+        RefineContext {
+            params,
+            text: Mat::from_vec(
+                labels.len(),
+                engine.head.dim(),
+                engine.head.weights().to_vec(),
+            ),
+            labels,
+            classifier,
+            logit_scale: engine.bundle.manifest.logit_scale,
+            support: engine
+                .adapter
+                .as_ref()
+                .and_then(|a| a.support.clone())
+                .map(|(features, labels)| Support { features, labels }),
+            max_changed,
+        }
+    }
+
     /// Build the parameters for `cfg` (errors name the bad method, preset or `set` entry).
     pub fn params(cfg: &RefineConfig, k: usize, few_shot: bool) -> Result<Params, TransductError> {
         let method: Method = cfg.method.parse()?;
