@@ -7,8 +7,8 @@
 //! parameters are fitted by the minorise–maximise (MM) fixed point of the reference.
 
 use super::{
-    argmax, check_labels, check_matrix, check_probs, nonempty, normalised, rows_of,
-    softmax_in_place, to_f32, EmDirichletParams, Outcome, Result,
+    argmax, check_features_and_text, check_labels, check_probs, check_support_features, nonempty,
+    normalised, rows_of, softmax_in_place, to_f32, EmDirichletParams, Outcome, Result,
 };
 use crate::adapter::linalg::Mat;
 use pathfinding::kuhn_munkres::kuhn_munkres;
@@ -68,20 +68,13 @@ pub fn em_dirichlet_from_features(
     params: &EmDirichletParams,
 ) -> Result<Outcome> {
     params.validate()?;
-    nonempty("features", "frame", n)?;
-    nonempty("features", "dimension", d)?;
-    nonempty("text", "class", k)?;
-    check_matrix("features", features, n, d)?;
-    check_matrix("text", text, k, d)?;
+    check_features_and_text(features, n, d, text, k)?;
     let t = normalised(k, d, text);
     let z = probs_from_features(&normalised(n, d, features), &t, params.temperature);
     let support = match support {
         None => None,
         Some((sf, labels)) => {
-            let s = rows_of("support features", sf, d)?;
-            nonempty("support features", "shot", s)?;
-            check_matrix("support features", sf, s, d)?;
-            check_labels(labels, s, k)?;
+            let s = check_support_features(sf, labels, d, k)?;
             let zs = probs_from_features(&normalised(s, d, sf), &t, params.temperature);
             Some((zs, labels))
         }

@@ -181,6 +181,31 @@ pub enum TransductError {
 pub type Result<T> = std::result::Result<T, TransductError>;
 
 /// Checks that `data` holds `rows × cols` finite values.
+/// The checks every feature-based method starts with: `n × d` frames, `k × d` class
+/// embeddings, none of them empty.
+fn check_features_and_text(
+    features: &[f32],
+    n: usize,
+    d: usize,
+    text: &[f32],
+    k: usize,
+) -> Result<()> {
+    nonempty("features", "frame", n)?;
+    nonempty("features", "dimension", d)?;
+    nonempty("text", "class", k)?;
+    check_matrix("features", features, n, d)?;
+    check_matrix("text", text, k, d)
+}
+
+/// The number of support shots in `features` (`S × d`) after checking them and their labels.
+fn check_support_features(features: &[f32], labels: &[usize], d: usize, k: usize) -> Result<usize> {
+    let s = rows_of("support features", features, d)?;
+    nonempty("support features", "shot", s)?;
+    check_matrix("support features", features, s, d)?;
+    check_labels(labels, s, k)?;
+    Ok(s)
+}
+
 fn check_matrix(what: &'static str, data: &[f32], rows: usize, cols: usize) -> Result<()> {
     let expected = rows
         .checked_mul(cols)

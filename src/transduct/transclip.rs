@@ -8,8 +8,8 @@
 //! term and the μ/σ² statistics are GEMMs over `N × d` and `K × d`.
 
 use super::{
-    argmax, check_labels, check_matrix, log_softmax_in_place, nonempty, normalised, rows_of,
-    softmax_in_place, to_f32, Outcome, Result, TransClipParams,
+    argmax, check_features_and_text, check_matrix, check_support_features, log_softmax_in_place,
+    normalised, softmax_in_place, to_f32, Outcome, Result, TransClipParams,
 };
 use crate::adapter::linalg::Mat;
 
@@ -39,19 +39,12 @@ pub fn transclip(
     params: &TransClipParams,
 ) -> Result<Outcome> {
     params.validate()?;
-    nonempty("features", "frame", n)?;
-    nonempty("features", "dimension", d)?;
-    nonempty("text", "class", k)?;
-    check_matrix("features", features, n, d)?;
-    check_matrix("text", text, k, d)?;
+    check_features_and_text(features, n, d, text, k)?;
     let f = normalised(n, d, features);
     let shots = match support {
         None => None,
         Some((sf, labels)) => {
-            let s = rows_of("support features", sf, d)?;
-            nonempty("support features", "shot", s)?;
-            check_matrix("support features", sf, s, d)?;
-            check_labels(labels, s, k)?;
+            let s = check_support_features(sf, labels, d, k)?;
             Some(Shots {
                 f: normalised(s, d, sf),
                 labels,
