@@ -43,6 +43,35 @@ pub struct Config {
     pub classes: Vec<ClassConfig>,
     /// Transductive refinement of recent frames (absent: none).
     pub refine: Option<crate::refiner::RefineConfig>,
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+}
+
+/// How `clipd run` behaves as a long-running service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// On SIGTERM/SIGINT: how long draining the queues and the last commit may take before the
+    /// process exits anyway (a second signal exits at once).
+    pub shutdown_timeout_secs: f64,
+    /// Status file read by `clipd status` (default: `<store.path>.status.json`, beside the DB).
+    pub status_file: Option<PathBuf>,
+    /// How often the status file and systemd's STATUS= line are refreshed.
+    pub status_interval_secs: f64,
+    /// systemd watchdog: the inference loop counts as hung when frames are queued and none has
+    /// completed for this long (then WATCHDOG=1 stops and systemd restarts the service).
+    pub hung_after_secs: f64,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            shutdown_timeout_secs: 10.0,
+            status_file: None,
+            status_interval_secs: 5.0,
+            hung_after_secs: 30.0,
+        }
+    }
 }
 
 fn default_top_k() -> usize {
@@ -91,6 +120,21 @@ pub struct StoreConfig {
     pub synchronous: Synchronous,
     /// Also store each frame's image embedding (f16).
     pub embeddings: bool,
+    /// Retention: delete frames older than this many days…
+    pub retention_days: Option<f64>,
+    /// …keep at most this many frames…
+    pub max_rows: Option<u64>,
+    /// …and keep the database file under this size (MiB), oldest frames first.
+    pub max_size_mb: Option<f64>,
+    /// How often retention runs (seconds); deletes go in batches of `prune_batch` rows so the
+    /// writer never holds the database for long.
+    pub retention_every_secs: u64,
+    pub prune_batch: usize,
+    /// `PRAGMA quick_check` when the daemon opens the database; a damaged file is moved aside
+    /// and a fresh database started.
+    pub quick_check: bool,
+    /// Allow the database on NFS/CIFS (SQLite's locking is unreliable there; refused otherwise).
+    pub allow_network_fs: bool,
 }
 
 impl Default for StoreConfig {
@@ -101,6 +145,13 @@ impl Default for StoreConfig {
             commit_ms: 500,
             synchronous: Synchronous::Normal,
             embeddings: false,
+            retention_days: None,
+            max_rows: None,
+            max_size_mb: None,
+            retention_every_secs: 60,
+            prune_batch: 500,
+            quick_check: true,
+            allow_network_fs: false,
         }
     }
 }
@@ -115,6 +166,29 @@ pub enum SourceKind {
     File,
     /// A glob pattern such as `frames/**/*.jpg`.
     Glob,
+    /// A V4L2 camera: `device` is an index (`0`), a path (`/dev/video0`) or a name.
+    Camera,
+}
+
+/// Pixel formats a camera may deliver, in the order clipd prefers them by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureFormat {
+    Mjpeg,
+    Yuyv,
+    Nv12,
+    Rgb,
+    Grey,
+}
+
+/// What a source does when the pipeline falls behind and its queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overflow {
+    /// Wait (files: nothing may be skipped).
+    Block,
+    /// Drop the oldest queued frame of this source (cameras: the newest frame matters most).
+    DropOldest,
 }
 
 /// Where a frame's known (ground-truth) label comes from, for accuracy summaries.
@@ -132,7 +206,9 @@ pub enum LabelsFrom {
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     pub kind: SourceKind,
-    /// Directory or file (`dir`, `file`), or pattern (`glob`).
+    /// Directory or file (`dir`, `file`), pattern (`glob`), or camera (`device`: index, path
+    /// or name).
+    #[serde(alias = "device")]
     pub path: String,
     /// Name logged with each frame (default: the path).
     pub name: Option<String>,
@@ -144,6 +220,62 @@ pub struct SourceConfig {
     /// How often a `dir` source rescans for new files when not running `--once`.
     #[serde(default = "default_poll_ms")]
     pub poll_ms: u64,
+    /// Frame policy: classify at most this many frames per second from this source.
+    pub max_fps: Option<f64>,
+    /// Frame policy: classify only every N-th frame the source delivers.
+    #[serde(default = "one")]
+    pub every_nth: u32,
+    /// Novelty gate: skip a frame whose 32×32 grey thumbnail differs from the last classified
+    /// one of this source by less than this mean absolute difference (0–1 scale; e.g. 0.02).
+    pub novelty: Option<f32>,
+    /// Full queue: `block` or `drop_oldest` (default: drop_oldest for cameras, block otherwise).
+    pub overflow: Option<Overflow>,
+    /// Camera: requested frame size and rate (the closest the device offers is used).
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub fps: Option<u32>,
+    /// Camera: acceptable pixel formats, best first.
+    #[serde(default = "default_formats")]
+    pub formats: Vec<CaptureFormat>,
+    /// Camera: no frame for this long counts as a stall: the device is closed and reopened.
+    #[serde(default = "default_stall_secs")]
+    pub stall_secs: f64,
+    /// Camera: reconnect backoff bounds (exponential with jitter between them).
+    #[serde(default = "default_reconnect_min_ms")]
+    pub reconnect_min_ms: u64,
+    #[serde(default = "default_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+}
+
+impl SourceConfig {
+    /// The overflow policy in force (explicit, else by kind).
+    pub fn overflow(&self) -> Overflow {
+        self.overflow.unwrap_or(match self.kind {
+            SourceKind::Camera => Overflow::DropOldest,
+            _ => Overflow::Block,
+        })
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn default_formats() -> Vec<CaptureFormat> {
+    use CaptureFormat::*;
+    vec![Mjpeg, Yuyv, Nv12, Rgb, Grey]
+}
+
+fn default_stall_secs() -> f64 {
+    5.0
+}
+
+fn default_reconnect_min_ms() -> u64 {
+    500
+}
+
+fn default_reconnect_max_ms() -> u64 {
+    30_000
 }
 
 fn yes() -> bool {
@@ -340,9 +472,81 @@ pub fn validate(c: &Config) -> Result<(), (String, String)> {
     if c.store.path.as_os_str().is_empty() {
         return err("store.path".into(), "must not be empty");
     }
+    if let Some(d) = c.store.retention_days {
+        if !positive(d) {
+            return err("store.retention_days".into(), "must be a positive number of days");
+        }
+    }
+    if c.store.max_rows == Some(0) {
+        return err("store.max_rows".into(), "must be at least 1");
+    }
+    if let Some(m) = c.store.max_size_mb {
+        if !(m.is_finite() && m >= 1.0) {
+            return err("store.max_size_mb".into(), "must be at least 1 (MiB)");
+        }
+    }
+    if c.store.prune_batch == 0 {
+        return err("store.prune_batch".into(), "must be at least 1");
+    }
+    if c.store.retention_every_secs == 0 {
+        return err("store.retention_every_secs".into(), "must be at least 1");
+    }
+    let d = &c.daemon;
+    for (k, v) in [
+        ("daemon.shutdown_timeout_secs", d.shutdown_timeout_secs),
+        ("daemon.status_interval_secs", d.status_interval_secs),
+        ("daemon.hung_after_secs", d.hung_after_secs),
+    ] {
+        if !positive(v) {
+            return err(k.into(), "must be a positive number of seconds");
+        }
+    }
     for (i, s) in c.sources.iter().enumerate() {
+        let key = |f: &str| format!("sources[{i}].{f}");
         if s.path.trim().is_empty() {
-            return err(format!("sources[{i}].path"), "must not be empty");
+            let f = if s.kind == SourceKind::Camera { "device" } else { "path" };
+            return err(key(f), "must not be empty");
+        }
+        if let Some(f) = s.max_fps {
+            if !positive(f) {
+                return err(key("max_fps"), "must be a positive number");
+            }
+        }
+        if s.every_nth == 0 {
+            return err(key("every_nth"), "must be at least 1");
+        }
+        if let Some(n) = s.novelty {
+            if !(0.0..=1.0).contains(&n) {
+                return err(key("novelty"), "must be between 0 and 1");
+            }
+        }
+        if s.kind == SourceKind::Camera {
+            if s.formats.is_empty() {
+                return err(key("formats"), "must list at least one pixel format");
+            }
+            if !positive(s.stall_secs) {
+                return err(key("stall_secs"), "must be a positive number of seconds");
+            }
+            if s.reconnect_min_ms == 0 || s.reconnect_max_ms < s.reconnect_min_ms {
+                return err(
+                    key("reconnect_max_ms"),
+                    "need 0 < reconnect_min_ms <= reconnect_max_ms",
+                );
+            }
+            for (f, v) in [("width", s.width), ("height", s.height), ("fps", s.fps)] {
+                if v == Some(0) {
+                    return err(key(f), "must be at least 1");
+                }
+            }
+        } else {
+            let camera_only = [
+                ("width", s.width.is_some()),
+                ("height", s.height.is_some()),
+                ("fps", s.fps.is_some()),
+            ];
+            if let Some((f, _)) = camera_only.iter().find(|(_, set)| *set) {
+                return err(key(f), "only applies to kind = \"camera\"");
+            }
         }
         if s.kind == SourceKind::Glob {
             if let Err(e) = glob::Pattern::new(&s.path) {
@@ -351,6 +555,11 @@ pub fn validate(c: &Config) -> Result<(), (String, String)> {
         }
     }
     Ok(())
+}
+
+/// A finite number above zero (NaN is not).
+fn positive(v: f64) -> bool {
+    v > 0.0 && v.is_finite()
 }
 
 /// Line (1-based) and dotted key at byte `offset` of a TOML document.

@@ -7,6 +7,7 @@ pub mod adapter;
 pub mod bundle;
 pub mod classes;
 pub mod config;
+pub mod daemon;
 pub mod encoder;
 pub mod engine;
 pub mod head;

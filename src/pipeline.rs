@@ -467,22 +467,31 @@ fn decode_one(job: Job, t: &Transform, limits: &DecodeLimits) -> Decoded {
         truth,
         started,
     };
-    let img = match &payload {
-        Payload::File(p) => decode_file(p, limits),
-        Payload::Encoded(bytes) => decode_bytes(bytes, &PathBuf::from(&meta.reference), limits),
+    let failure = |kind: &str, message: String| FrameFailure {
+        kind: kind.to_string(),
+        message,
     };
-    match img {
-        Ok(img) => {
-            let rgb = to_rgb8(img);
+    let rgb = match &payload {
+        Payload::File(p) => decode_file(p, limits).map(to_rgb8),
+        Payload::Encoded(bytes) => {
+            decode_bytes(bytes, &PathBuf::from(&meta.reference), limits).map(to_rgb8)
+        }
+        Payload::Raw(raw) => match crate::source::convert::to_rgb(raw) {
+            Ok(rgb) => Ok(rgb),
+            Err(e) => {
+                let f = failure("decode", format!("{}: {e}", meta.reference));
+                return Decoded::Failed(meta, f);
+            }
+        },
+    };
+    match rgb {
+        Ok(rgb) => {
             let mut out = vec![0f32; t.len()];
             t.apply(&rgb, &mut out);
             Decoded::Ok(meta, out)
         }
         Err(e) => {
-            let f = FrameFailure {
-                kind: e.kind().to_string(),
-                message: e.to_string(),
-            };
+            let f = failure(e.kind(), e.to_string());
             Decoded::Failed(meta, f)
         }
     }

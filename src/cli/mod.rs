@@ -3,12 +3,15 @@
 mod bench;
 mod bench_transduct;
 mod classify;
+mod db;
+mod doctor;
 mod embed;
 mod eval;
 mod progress;
 mod query;
 mod refine;
 mod run;
+mod status;
 mod train;
 mod transduct;
 
@@ -88,6 +91,15 @@ enum Command {
     /// Run EM-Dirichlet or TransCLIP on .npy dumps (offline research interface).
     #[command(after_help = EXIT_CODES)]
     Transduct(transduct::TransductArgs),
+    /// Show what a running (or the last) daemon is doing: fps, drops, labels, database.
+    #[command(after_help = EXIT_CODES)]
+    Status(status::StatusArgs),
+    /// Check the installation: cameras and their formats, config, bundle, adapter, database.
+    #[command(after_help = EXIT_CODES)]
+    Doctor(doctor::DoctorArgs),
+    /// Database maintenance: integrity check, consistent online backup, vacuum.
+    #[command(after_help = EXIT_CODES)]
+    Db(db::DbArgs),
 }
 
 /// Options of every command that loads the model.
@@ -145,6 +157,9 @@ pub fn try_main(cli: Cli) -> Result<ExitCode> {
         Command::Eval(a) => eval::eval(a),
         Command::Transduct(a) => transduct::transduct(a),
         Command::Refine(a) => refine::refine_history(a),
+        Command::Status(a) => status::status(a),
+        Command::Doctor(a) => doctor::doctor(a),
+        Command::Db(a) => db::db(a),
     }
 }
 

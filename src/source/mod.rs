@@ -1,11 +1,16 @@
-//! Frame sources behind one trait: a directory, a single file, a glob pattern. A camera source
-//! will implement the same trait.
+//! Frame sources behind one trait: a directory, a single file, a glob pattern, a V4L2 camera.
 
+#[cfg(feature = "camera")]
+pub mod camera;
+pub mod convert;
 mod files;
 
+pub use convert::{PixelFormat, RawFrame};
 pub use files::{DirSource, FileListSource};
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{LabelsFrom, SourceConfig, SourceKind};
@@ -15,8 +20,10 @@ use crate::config::{LabelsFrom, SourceConfig, SourceKind};
 pub enum Payload {
     /// An image file to read and decode.
     File(PathBuf),
-    /// Encoded image bytes already in memory (e.g. from a capture device).
+    /// Encoded image bytes already in memory (e.g. an MJPEG frame from a camera).
     Encoded(Vec<u8>),
+    /// Raw pixels from a capture device, converted to RGB by the decode workers.
+    Raw(RawFrame),
 }
 
 /// One frame to classify.
@@ -57,10 +64,25 @@ pub enum SourceError {
     },
 }
 
+/// Health counters a live source shares with the daemon's status reporting.
+#[derive(Debug, Default)]
+pub struct SourceCounters {
+    /// Times the device was reopened after an unplug, an error or a stall.
+    pub reconnects: AtomicU64,
+    /// Of those, how many were stalls (no frame within the stall timeout).
+    pub stalls: AtomicU64,
+    /// Whether the device is open and delivering right now.
+    pub connected: AtomicBool,
+}
+
 /// A producer of frames.
 pub trait FrameSource: Send {
     fn name(&self) -> &str;
     fn next(&mut self) -> Result<Next, SourceError>;
+    /// Counters of a live source (cameras); file sources have none.
+    fn counters(&self) -> Option<Arc<SourceCounters>> {
+        None
+    }
 }
 
 /// File extensions a directory source picks up. Some have no decoder here (HEIC, AVIF); such
@@ -148,5 +170,12 @@ pub fn open(
             }
             Ok(Box::new(FileListSource::new(name, files, cfg.labels_from)))
         }
+        #[cfg(feature = "camera")]
+        SourceKind::Camera => camera::open(&key, name, cfg),
+        #[cfg(not(feature = "camera"))]
+        SourceKind::Camera => Err(setup(
+            PathBuf::from(&cfg.path),
+            "this clipd was built without camera support: rebuild with the `camera` feature",
+        )),
     }
 }

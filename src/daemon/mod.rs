@@ -1,0 +1,4 @@
+//! The long-running service around the pipeline: systemd notification, the status file.
+
+pub mod notify;
+pub mod status;

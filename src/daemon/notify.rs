@@ -1,0 +1,1 @@
+//! systemd's readiness and watchdog protocol (sd_notify).

@@ -1,0 +1,1 @@
+//! The status file `clipd status` reads.
