@@ -4,28 +4,32 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Args;
 
 use clipd::classes::ClassSpec;
 use clipd::config::Loaded;
+use clipd::daemon::signals::{Signal, Signals};
 use clipd::encoder::EncoderOptions;
 use clipd::engine::Engine;
 use clipd::head::Classifier;
-use clipd::pipeline::{self, FrameResult, PipelineOptions, RunStats, Sink};
+use clipd::pipeline::{self, FramePolicy, FrameResult, Monitor, PipelineOptions, RunStats, Sink};
 use clipd::preprocess::Transform;
-use clipd::refiner::{self, BufferedFrame, RefineContext, RefinerHandle};
+use clipd::refiner::{
+    self, BufferedFrame, RefineConfig, RefineContext, RefinerHandle, RefinerStats,
+};
 use clipd::source::{self, FrameSource};
 use clipd::store::{BatchWriter, FrameRecord, Store, StoreOptions, WriteOp, WriterSummary};
+use clipd::transduct::Params;
 
 use super::{
-    adapter_path, bundle_dir, demo_config, load_config, AdapterArg, ModelArgs, UsageError,
-    SOME_FAILED,
+    adapter_path, bundle_dir, demo_config, load_config, one_line, AdapterArg, ModelArgs,
+    UsageError, SOME_FAILED,
 };
 
 #[derive(Debug, Args)]
@@ -61,28 +65,30 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         )
         .into());
     };
-    let bundle = bundle_dir(args.model.bundle.as_deref(), Some(&cfg));
-    let adapter = adapter_path(args.adapter.adapter.as_deref(), Some(&cfg));
-    execute(
-        &cfg,
-        bundle,
-        adapter,
-        args.db,
-        args.model.threads,
-        args.once,
-    )
+    let ov = Overrides {
+        bundle: args.model.bundle,
+        adapter: args.adapter.adapter,
+        db: args.db,
+        threads: args.model.threads,
+    };
+    execute(cfg, ov, args.once)
 }
 
 /// The demo: `run --once` with the built-in configuration.
 pub fn demo(args: DemoArgs) -> Result<ExitCode> {
     let cfg = demo_config()?;
-    let bundle = bundle_dir(args.bundle.as_deref(), Some(&cfg));
     println!(
         "clipd demo: zero-shot classification of the sample frames in {}",
         cfg.resolve(std::path::Path::new(&cfg.config.sources[0].path))
             .display()
     );
-    execute(&cfg, bundle, None, args.db, None, true)
+    let ov = Overrides {
+        bundle: args.bundle,
+        adapter: None,
+        db: args.db,
+        threads: None,
+    };
+    execute(cfg, ov, true)
 }
 
 /// Sends results to the store thread, numbering rows itself so the refiner can name them, and
@@ -137,15 +143,26 @@ pub fn to_record(r: FrameResult, model_id: &str) -> FrameRecord {
     rec
 }
 
-/// Open sources, load the model, then (only then) open the database and run.
-pub fn execute(
-    cfg: &Loaded,
-    bundle: PathBuf,
-    adapter: Option<PathBuf>,
-    db: Option<PathBuf>,
-    threads: Option<usize>,
-    once: bool,
-) -> Result<ExitCode> {
+/// What the command line fixes for the daemon's whole life (a reload re-reads only the config
+/// file and the files it and these name).
+#[derive(Debug, Clone)]
+pub struct Overrides {
+    pub bundle: Option<PathBuf>,
+    pub adapter: Option<PathBuf>,
+    pub db: Option<PathBuf>,
+    pub threads: Option<usize>,
+}
+
+/// Everything checked and loaded before a configuration goes live: a reload swaps only a fully
+/// prepared one in, so a bad new config never stops the running one.
+struct Prepared {
+    cfg: Loaded,
+    engine: Engine,
+    refine: Option<(RefineConfig, Params)>,
+    db: PathBuf,
+}
+
+fn prepare(cfg: Loaded, ov: &Overrides) -> Result<Prepared> {
     let c = &cfg.config;
     if c.sources.is_empty() {
         return Err(UsageError(format!(
@@ -154,16 +171,12 @@ pub fn execute(
         ))
         .into());
     }
-    let sources: Vec<Box<dyn FrameSource>> = c
-        .sources
-        .iter()
-        .enumerate()
-        .map(|(i, s)| source::open(i, s, &cfg.base, once))
-        .collect::<Result<_, _>>()?;
-    let db = db.unwrap_or_else(|| cfg.resolve(&c.store.path));
+    let bundle = bundle_dir(ov.bundle.as_deref(), Some(&cfg));
+    let adapter = adapter_path(ov.adapter.as_deref(), Some(&cfg));
+    let db = ov.db.clone().unwrap_or_else(|| cfg.resolve(&c.store.path));
     let opts = EncoderOptions {
         batch: c.engine.batch,
-        threads: threads.unwrap_or(c.engine.threads),
+        threads: ov.threads.unwrap_or(c.engine.threads),
     };
     let classes = ClassSpec::from_config(&c.classes, &c.prompts);
     let engine = Engine::load(&bundle, classes, opts, Some(&db), adapter.as_deref())?;
@@ -191,7 +204,83 @@ pub fn execute(
             engine.new_prompt_embeddings.len()
         ),
     }
+    Ok(Prepared {
+        cfg,
+        engine,
+        refine,
+        db,
+    })
+}
 
+/// What one configuration's run did.
+struct Finished {
+    stats: RunStats,
+    written: WriterSummary,
+    refined: Option<RefinerStats>,
+    model_id: String,
+    adapter_id: Option<String>,
+    db: PathBuf,
+}
+
+/// One configuration running: the pipeline, its store writer and refiner, on their threads.
+struct Generation {
+    stop: Arc<AtomicBool>,
+    monitor: Arc<Monitor>,
+    thread: std::thread::JoinHandle<Result<Finished>>,
+}
+
+impl Generation {
+    /// Open the sources (now: a camera can only be held by one generation at a time), then run
+    /// the rest on a thread.
+    fn start(p: Prepared, once: bool) -> Result<Generation> {
+        let c = &p.cfg.config;
+        let sources: Vec<Box<dyn FrameSource>> = c
+            .sources
+            .iter()
+            .enumerate()
+            .map(|(i, s)| source::open(i, s, &p.cfg.base, once))
+            .collect::<Result<_, _>>()?;
+        let names: Vec<String> = sources.iter().map(|s| s.name().to_string()).collect();
+        let monitor = Monitor::new(&names);
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (stop, monitor) = (stop.clone(), monitor.clone());
+            std::thread::Builder::new()
+                .name("clipd-run".into())
+                .spawn(move || serve(p, sources, monitor, stop))?
+        };
+        Ok(Generation {
+            stop,
+            monitor,
+            thread,
+        })
+    }
+
+    fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    fn join(self) -> Result<Finished> {
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))?
+    }
+}
+
+/// Open the database and run the pipeline until the sources end or `stop` is set.
+fn serve(
+    p: Prepared,
+    sources: Vec<Box<dyn FrameSource>>,
+    monitor: Arc<Monitor>,
+    stop: Arc<AtomicBool>,
+) -> Result<Finished> {
+    let Prepared {
+        cfg,
+        engine,
+        refine,
+        db,
+    } = p;
+    let c = &cfg.config;
     if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::Error::new(e).context(format!("{}", dir.display())))?;
@@ -218,8 +307,8 @@ pub fn execute(
                 params.clone(),
                 Some(rc.max_changed),
             );
-            let labels = &ctx.labels;
-            let index = labels
+            let index = ctx
+                .labels
                 .iter()
                 .enumerate()
                 .map(|(i, l)| (l.clone(), i))
@@ -249,6 +338,8 @@ pub fn execute(
         top_k: c.top_k,
         limits: c.decode,
         keep_embeddings: c.store.embeddings || refine.is_some(),
+        policies: c.sources.iter().map(FramePolicy::from_config).collect(),
+        monitor: Some(monitor),
     };
     let transform = Transform::from_spec(&engine.bundle.manifest.image);
     let result = pipeline::run(
@@ -259,7 +350,7 @@ pub fn execute(
         Some(labels),
         sink,
         popts,
-        Arc::new(AtomicBool::new(false)),
+        stop,
     );
     // The sink (and with it the channel's sender) is dropped by now, so the writer drains,
     // commits and exits.
@@ -276,8 +367,96 @@ pub fn execute(
     let written = writer
         .join()
         .map_err(|_| anyhow::anyhow!("the database writer thread panicked"))?;
-    print_summary(&stats, &written, &db, &model_id, adapter_id.as_deref());
-    if let Some(r) = refined {
+    Ok(Finished {
+        stats,
+        written,
+        refined,
+        model_id,
+        adapter_id,
+        db,
+    })
+}
+
+/// How often the control loop wakes to refresh status and feed the watchdog.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Run the daemon: start the configuration, then serve signals until the sources end (`once`)
+/// or a SIGTERM/SIGINT stops it. SIGHUP reloads the config file (and the adapter and bundle it
+/// names); a config that fails to load is logged and the running one stays.
+pub fn execute(cfg: Loaded, ov: Overrides, once: bool) -> Result<ExitCode> {
+    let signals = Signals::listen()?;
+    let mut current = cfg.clone();
+    let mut gen = Generation::start(prepare(cfg, &ov)?, once)?;
+    let mut shutdown: Option<Instant> = None;
+    let mut reloads = 0u64;
+    let finished = loop {
+        match signals.next(TICK) {
+            Some(Signal::Stop) if shutdown.is_some() => {
+                log::error!("second stop signal: exiting at once without draining");
+                std::process::exit(i32::from(SOME_FAILED));
+            }
+            Some(Signal::Stop) => {
+                log::info!(
+                    "stop requested: finishing queued frames and committing (at most {:.0} s)",
+                    current.config.daemon.shutdown_timeout_secs
+                );
+                gen.stop.store(true, Ordering::Relaxed);
+                shutdown = Some(Instant::now());
+            }
+            Some(Signal::Reload) if shutdown.is_none() => match reload(&current, &ov) {
+                Ok((cfg, prepared)) => {
+                    gen.stop.store(true, Ordering::Relaxed);
+                    let done = gen.join();
+                    report_generation(done, "before reload");
+                    gen = match Generation::start(prepared, once) {
+                        Ok(g) => {
+                            current = cfg;
+                            reloads += 1;
+                            log::info!("configuration reloaded ({reloads} so far)");
+                            g
+                        }
+                        Err(e) => {
+                            log::error!(
+                                "reload: {}; restarting with the previous configuration",
+                                one_line(&e)
+                            );
+                            Generation::start(prepare(current.clone(), &ov)?, once)?
+                        }
+                    };
+                }
+                Err(e) => log::error!(
+                    "reload refused, the running configuration stays: {}",
+                    one_line(&e)
+                ),
+            },
+            Some(Signal::Reload) => {}
+            None => {}
+        }
+        if let Some(t0) = shutdown {
+            let limit = Duration::from_secs_f64(current.config.daemon.shutdown_timeout_secs);
+            if t0.elapsed() > limit && !gen.is_finished() {
+                log::error!(
+                    "shutdown did not finish within {:.0} s (daemon.shutdown_timeout_secs): exiting; \
+                     frames still queued are lost, committed ones are safe",
+                    limit.as_secs_f64()
+                );
+                std::process::exit(i32::from(SOME_FAILED));
+            }
+        }
+        if gen.is_finished() {
+            break gen.join();
+        }
+        let _ = &gen.monitor;
+    };
+    let f = finished?;
+    print_summary(
+        &f.stats,
+        &f.written,
+        &f.db,
+        &f.model_id,
+        f.adapter_id.as_deref(),
+    );
+    if let Some(r) = &f.refined {
         println!(
             "refinement: {} passes ({} held back by max_changed, {} failed), {:.1} ms per pass, {} state changes",
             r.passes,
@@ -287,14 +466,38 @@ pub fn execute(
             r.state_changes
         );
     }
-    if let Some(e) = written.first_error {
+    if let Some(e) = f.written.first_error {
         return Err(e.into());
     }
-    Ok(if stats.failed > 0 {
+    Ok(if f.stats.failed > 0 {
         ExitCode::from(SOME_FAILED)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Re-read the config file and load everything it names, without touching the running one.
+fn reload(current: &Loaded, ov: &Overrides) -> Result<(Loaded, Prepared)> {
+    log::info!("reloading {}", current.file.display());
+    let cfg = clipd::config::load(&current.file)?;
+    let prepared = prepare(cfg.clone(), ov)?;
+    Ok((cfg, prepared))
+}
+
+/// Log how a configuration's run ended (a reload ends one).
+fn report_generation(done: Result<Finished>, when: &str) {
+    match done {
+        Ok(f) => log::info!(
+            "{when}: {} frames ({} classified, {} failed, {} skipped, {} dropped); database: {}",
+            f.stats.frames,
+            f.stats.classified,
+            f.stats.failed,
+            f.stats.skipped,
+            f.stats.dropped,
+            f.written
+        ),
+        Err(e) => log::error!("{when}: the pipeline ended with an error: {}", one_line(&e)),
+    }
 }
 
 fn print_summary(
