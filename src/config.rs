@@ -248,6 +248,29 @@ pub struct SourceConfig {
 }
 
 impl SourceConfig {
+    /// A source of `kind` at `path` with every other key at its default.
+    pub fn new(kind: SourceKind, path: &str) -> Self {
+        SourceConfig {
+            kind,
+            path: path.to_string(),
+            name: None,
+            recursive: true,
+            labels_from: LabelsFrom::None,
+            poll_ms: default_poll_ms(),
+            max_fps: None,
+            every_nth: 1,
+            novelty: None,
+            overflow: None,
+            width: None,
+            height: None,
+            fps: None,
+            formats: default_formats(),
+            stall_secs: default_stall_secs(),
+            reconnect_min_ms: default_reconnect_min_ms(),
+            reconnect_max_ms: default_reconnect_max_ms(),
+        }
+    }
+
     /// The overflow policy in force (explicit, else by kind).
     pub fn overflow(&self) -> Overflow {
         self.overflow.unwrap_or(match self.kind {

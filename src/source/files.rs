@@ -144,12 +144,9 @@ mod tests {
 
     fn cfg(kind: SourceKind, path: &str) -> SourceConfig {
         SourceConfig {
-            kind,
-            path: path.into(),
-            name: None,
-            recursive: true,
             labels_from: LabelsFrom::ParentDir,
             poll_ms: 10,
+            ..SourceConfig::new(kind, path)
         }
     }
 
