@@ -238,7 +238,10 @@ fn every_corpus_file_is_listed_and_tested() {
         );
     }
     for test in BAD_IMAGES.iter().filter_map(|b| b.known_bug) {
-        assert!(readme.contains(test), "known bug {test} is not in the README");
+        assert!(
+            readme.contains(test),
+            "known bug {test} is not in the README"
+        );
     }
     let tested: BTreeSet<String> = BAD_IMAGES
         .iter()
