@@ -38,13 +38,13 @@ const BAD_IMAGES: &[BadImage] = &[
         file: "truncated.jpg",
         kind: "decode",
         message: "cannot decode image",
-        known_bug: Some("truncated_jpeg_is_classified_instead_of_refused"),
+        known_bug: None,
     },
     BadImage {
         file: "truncated_header.jpg",
         kind: "decode",
         message: "cannot decode image",
-        known_bug: Some("decode_error_message_ends_with_a_newline"),
+        known_bug: None,
     },
     BadImage {
         file: "truncated.png",
@@ -624,74 +624,4 @@ fn adapters_for_another_bundle_or_other_classes_are_refused() {
         ],
     );
     assert!(!db.exists(), "database created");
-}
-
-/// One corpus image among one good frame fails alone: `classify` prints the good row and one
-/// line naming the file with the table's message; `run --once` logs both, the bad one as an
-/// error row of one line with the table's kind.
-fn assert_fails_alone(file: &str) {
-    let item = BAD_IMAGES.iter().find(|b| b.file == file).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let frames = tmp.path().join("frames");
-    copy_frames(&frames, &["circle"], 1);
-    let bad = frames.join("corpus").join(item.file);
-    std::fs::create_dir_all(bad.parent().unwrap()).unwrap();
-    std::fs::copy(corpus().join("images").join(item.file), &bad).unwrap();
-    let db = tmp.path().join("t.db");
-    let cfg = write_config(tmp.path(), &frames, &db, SHAPES, "");
-
-    let o = clipd()
-        .args(["classify", "--format", "json", "--config"])
-        .arg(&cfg)
-        .arg(frames.join("circle/circle_000.jpg"))
-        .arg(&bad)
-        .output()
-        .unwrap();
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(1), "classify: {err}{}", stdout(&o));
-    assert_eq!(err.lines().count(), 1, "classify stderr: {err:?}");
-    assert!(
-        err.contains(&format!("{}: {}", bad.display(), item.message)),
-        "{err}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
-    assert_eq!(json_rows(&o).len(), 1);
-
-    let o = run(&["run", "--once", "--config", cfg.to_str().unwrap()]);
-    let out = stdout(&o);
-    assert_eq!(o.status.code(), Some(1), "run: {out}");
-    assert!(out.contains("(1 classified, 1 failed)"), "{out}");
-    assert!(out.contains(&format!("{} 1", item.kind)), "{out}");
-    let o = run(&[
-        "query",
-        "--db",
-        db.to_str().unwrap(),
-        "--format",
-        "json",
-        "--errors",
-    ]);
-    let rows = json_rows(&o);
-    let e = rows
-        .iter()
-        .find_map(|r| r["error"].as_str())
-        .unwrap_or_else(|| panic!("no error row: {rows:?}"));
-    assert!(e.contains(item.file) && e.contains(item.message), "{e:?}");
-    assert_eq!(e.lines().count(), 1, "{e:?}");
-    assert_eq!(e.trim_end(), e, "{e:?}");
-}
-
-/// Known bug: a JPEG cut short inside its entropy-coded scan decodes "successfully" (the
-/// decoder fills the missing blocks with grey) and is classified, instead of failing as
-/// `decode`. When this passes, set `known_bug: None` for `truncated.jpg` in [`BAD_IMAGES`].
-#[test]
-fn truncated_jpeg_is_classified_instead_of_refused() {
-    assert_fails_alone("truncated.jpg");
-}
-
-/// Known bug: the JPEG decoder's error text ends with a newline, which reaches `classify`'s
-/// stderr (a blank line after the message) and the history's error rows. When this passes,
-/// set `known_bug: None` for `truncated_header.jpg` in [`BAD_IMAGES`].
-#[test]
-fn decode_error_message_ends_with_a_newline() {
-    assert_fails_alone("truncated_header.jpg");
 }
