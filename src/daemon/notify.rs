@@ -150,10 +150,7 @@ impl Notifier {
     /// How often to send `WATCHDOG=1`: half of `WATCHDOG_USEC`, as systemd recommends, so one
     /// late or lost ping is not fatal. `None` when no watchdog is configured for this process.
     pub fn watchdog_interval(&self) -> Option<Duration> {
-        if self.link.is_none() {
-            return None;
-        }
-        self.watchdog.map(|w| w / 2)
+        self.watchdog_timeout().map(|w| w / 2)
     }
 
     /// `WATCHDOG_USEC` itself: how long systemd waits for a ping before killing the service.
