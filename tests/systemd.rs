@@ -240,6 +240,8 @@ fn the_unit_agrees_with_what_clipd_does() {
     assert_eq!(value(&unit, "DevicePolicy"), "closed");
     assert_eq!(values(&unit, "PrivateDevices"), Vec::<String>::new());
     assert_eq!(value(&unit, "DeviceAllow"), "char-video4linux rw");
+    // tract picks its ARM kernels from /proc/cpuinfo, which ProcSubset=pid would hide.
+    assert_eq!(values(&unit, "ProcSubset"), Vec::<String>::new());
     let state = format!("/var/lib/{}", value(&unit, "StateDirectory"));
 
     // The example config is valid and keeps the database and status file writable.
