@@ -298,3 +298,85 @@ fn concurrent_queries_never_see_a_locked_database() {
     assert_eq!(code, Some(0), "{}", lines.join("\n"));
     assert_eq!(integrity(&db), "ok");
 }
+
+#[test]
+fn systemd_notifications_and_status_file_follow_the_daemons_life() {
+    use std::os::unix::net::UnixDatagram;
+    let tmp = tempfile::tempdir().unwrap();
+    let frames = frames(tmp.path(), 6);
+    let db = tmp.path().join("h.db");
+    let cfg = write_config(
+        tmp.path(),
+        &frames,
+        &db,
+        "[daemon]\nstatus_interval_secs = 0.2\n",
+    );
+    let sock_path = tmp.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let d = Daemon::start(
+        &cfg,
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "2000000"),
+        ],
+    );
+    let mut got: Vec<String> = Vec::new();
+    let mut recv_until = |want: &str, got: &mut Vec<String>| {
+        let t0 = Instant::now();
+        while !got.iter().any(|m| m.lines().any(|l| l.starts_with(want))) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "no {want} among {got:?}"
+            );
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = sock.recv(&mut buf) {
+                got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    };
+    recv_until("READY=1", &mut got);
+    recv_until("WATCHDOG=1", &mut got);
+    recv_until("STATUS=", &mut got);
+    // READY comes after the first classified frame, so the status line names a label.
+    d.wait_for("through id 6", Duration::from_secs(60));
+    let status_file = tmp.path().join("h.db.status.json");
+    let t0 = Instant::now();
+    let report = loop {
+        let o = clipd()
+            .args(["status", "--format", "json", "--status-file"])
+            .arg(&status_file)
+            .output()
+            .unwrap();
+        let v: Option<serde_json::Value> = serde_json::from_slice(&o.stdout).ok();
+        let done = o.status.success()
+            && v.as_ref().is_some_and(|v| {
+                v["state"] == "running" && v["status"]["sources"][0]["classified"] == 6
+            });
+        if done {
+            break v.unwrap();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "status never showed 6 classified frames: {} {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    let source = &report["status"]["sources"][0];
+    assert_eq!(source["name"], "burst", "{report}");
+    assert_eq!(source["kind"], "dir", "{report}");
+    assert!(source["last_label"].is_string(), "{report}");
+    d.signal(libc::SIGHUP);
+    recv_until("RELOADING=1", &mut got);
+    d.wait_for("configuration reloaded", Duration::from_secs(60));
+    d.signal(libc::SIGTERM);
+    recv_until("STOPPING=1", &mut got);
+    let (code, lines) = d.finish(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{}", lines.join("\n"));
+    let ready = got.iter().position(|m| m.contains("READY=1")).unwrap();
+    let stopping = got.iter().position(|m| m.contains("STOPPING=1")).unwrap();
+    assert!(ready < stopping, "{got:?}");
+}

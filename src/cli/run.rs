@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
@@ -14,7 +14,9 @@ use clap::Args;
 
 use clipd::classes::ClassSpec;
 use clipd::config::Loaded;
+use clipd::daemon::notify::Notifier;
 use clipd::daemon::signals::{Signal, Signals};
+use clipd::daemon::status::{self, RateMeter, SourceStatus, StatusReport};
 use clipd::encoder::EncoderOptions;
 use clipd::engine::Engine;
 use clipd::head::Classifier;
@@ -380,15 +382,231 @@ fn serve(
 /// How often the control loop wakes to refresh status and feed the watchdog.
 const TICK: Duration = Duration::from_millis(200);
 
+/// READY=1 waits for the first classified frame, but no longer than this: a camera unplugged at
+/// boot must not turn into a start timeout and a restart loop (the STATUS= line says why no
+/// frame has come yet, and the camera source keeps reconnecting).
+const READY_GRACE: Duration = Duration::from_secs(60);
+
+/// The daemon's face to the outside: systemd notifications, the watchdog, the status file.
+struct Reporter {
+    notifier: Notifier,
+    status_path: PathBuf,
+    interval: Duration,
+    hung_after: Duration,
+    started: Instant,
+    base: StatusReport,
+    kinds: Vec<String>,
+    meters: Vec<RateMeter>,
+    last_status: Option<Instant>,
+    last_ping: Option<Instant>,
+    ready: bool,
+    hung_logged: bool,
+    status_failed: bool,
+}
+
+impl Reporter {
+    fn new(notifier: Notifier, cfg: &Loaded, db: &Path, started_ms: i64) -> Reporter {
+        let d = &cfg.config.daemon;
+        let status_path = d
+            .status_file
+            .as_ref()
+            .map(|p| cfg.resolve(p))
+            .unwrap_or_else(|| status::default_status_path(db));
+        let base = StatusReport {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_ms,
+            interval_ms: (d.status_interval_secs * 1000.0) as u64,
+            config: Some(cfg.file.clone()),
+            db_path: db.to_path_buf(),
+            ..Default::default()
+        };
+        Reporter {
+            notifier,
+            status_path,
+            interval: Duration::from_secs_f64(d.status_interval_secs),
+            hung_after: Duration::from_secs_f64(d.hung_after_secs),
+            started: Instant::now(),
+            base,
+            kinds: Vec::new(),
+            meters: Vec::new(),
+            last_status: None,
+            last_ping: None,
+            ready: false,
+            hung_logged: false,
+            status_failed: false,
+        }
+    }
+
+    /// A configuration went live (start or reload).
+    fn generation(&mut self, cfg: &Loaded, model_id: &str, adapter_id: Option<&str>) {
+        let d = &cfg.config.daemon;
+        self.interval = Duration::from_secs_f64(d.status_interval_secs);
+        self.hung_after = Duration::from_secs_f64(d.hung_after_secs);
+        self.base.interval_ms = (d.status_interval_secs * 1000.0) as u64;
+        self.base.config = Some(cfg.file.clone());
+        self.base.model_id = model_id.to_string();
+        self.base.adapter_id = adapter_id.map(str::to_string);
+        self.kinds = cfg
+            .config
+            .sources
+            .iter()
+            .map(|s| format!("{:?}", s.kind).to_lowercase())
+            .collect();
+        self.meters = vec![RateMeter::new(); self.kinds.len()];
+        self.last_status = None;
+    }
+
+    fn tick(&mut self, monitor: &Monitor) {
+        let now = Instant::now();
+        // Watchdog: fed only while the inference loop makes progress (or has nothing to do).
+        if let Some(every) = self.notifier.watchdog_interval() {
+            let stuck = monitor.stuck_for();
+            if stuck < self.hung_after {
+                if self.last_ping.is_none_or(|t| now - t >= every / 2) {
+                    self.notifier.watchdog();
+                    self.last_ping = Some(now);
+                }
+                if self.hung_logged {
+                    log::warn!("inference is progressing again");
+                    self.hung_logged = false;
+                }
+            } else if !self.hung_logged {
+                log::error!(
+                    "inference hung: {} frames waiting, none finished for {:.0} s \
+                     (daemon.hung_after_secs); no longer feeding the systemd watchdog",
+                    monitor.in_flight(),
+                    stuck.as_secs_f64()
+                );
+                self.hung_logged = true;
+            }
+        }
+        if !self.ready {
+            let first = monitor.outputs() > 0;
+            if first || self.started.elapsed() >= READY_GRACE {
+                if !first {
+                    log::warn!(
+                        "no frame classified within {} s of start (is the camera connected? \
+                         `clipd doctor`); reporting ready and waiting",
+                        READY_GRACE.as_secs()
+                    );
+                }
+                self.notifier.ready();
+                self.ready = true;
+            }
+        }
+        if self.last_status.is_none_or(|t| now - t >= self.interval) {
+            self.last_status = Some(now);
+            let report = self.snapshot(monitor, now);
+            self.notifier.status(&status_line(&report, self.ready));
+            match report.write_atomic(&self.status_path) {
+                Ok(()) => self.status_failed = false,
+                Err(e) if !self.status_failed => {
+                    log::warn!("status file: {e}");
+                    self.status_failed = true;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn snapshot(&mut self, monitor: &Monitor, now: Instant) -> StatusReport {
+        let mut r = self.base.clone();
+        r.updated_ms = now_ms();
+        r.sources = monitor
+            .sources()
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let classified = m.classified.load(Ordering::Relaxed);
+                let fps = self
+                    .meters
+                    .get_mut(i)
+                    .map(|meter| meter.update(now, classified))
+                    .unwrap_or(0.0);
+                let device = m.device();
+                let last = m.last();
+                SourceStatus {
+                    name: m.name.clone(),
+                    kind: self.kinds.get(i).cloned().unwrap_or_default(),
+                    frames: m.delivered.load(Ordering::Relaxed),
+                    classified,
+                    failed: m.failed.load(Ordering::Relaxed),
+                    skipped: m.skipped.load(Ordering::Relaxed),
+                    dropped: m.dropped.load(Ordering::Relaxed),
+                    fps,
+                    reconnects: device
+                        .as_ref()
+                        .map_or(0, |d| d.reconnects.load(Ordering::Relaxed)),
+                    stalls: device
+                        .as_ref()
+                        .map_or(0, |d| d.stalls.load(Ordering::Relaxed)),
+                    connected: device.as_ref().map(|d| d.connected.load(Ordering::Relaxed)),
+                    last_label: last.as_ref().map(|l| l.label.clone()),
+                    last_score: last.as_ref().map(|l| l.score),
+                    last_ts_ms: last.as_ref().map(|l| l.ts_ms),
+                    state: None,
+                }
+            })
+            .collect();
+        r.db.bytes = file_size(&r.db_path) + file_size(&wal_path(&r.db_path));
+        r
+    }
+}
+
+/// The one line `systemctl status` shows.
+fn status_line(r: &StatusReport, ready: bool) -> String {
+    let parts: Vec<String> = r
+        .sources
+        .iter()
+        .map(|s| {
+            format!(
+                "{}: {:.1} fps, {}",
+                s.name,
+                s.fps,
+                s.last_label.as_deref().unwrap_or("no frame yet")
+            )
+        })
+        .collect();
+    let waiting = if ready { "" } else { "starting; " };
+    format!("{waiting}{}", parts.join("; "))
+}
+
+fn file_size(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+fn wal_path(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push("-wal");
+    PathBuf::from(s)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// Run the daemon: start the configuration, then serve signals until the sources end (`once`)
 /// or a SIGTERM/SIGINT stops it. SIGHUP reloads the config file (and the adapter and bundle it
 /// names); a config that fails to load is logged and the running one stays.
 pub fn execute(cfg: Loaded, ov: Overrides, once: bool) -> Result<ExitCode> {
     let signals = Signals::listen()?;
+    let notifier = Notifier::from_env();
+    // A large model can take a while to load on a small board.
+    notifier.extend_timeout(Duration::from_secs(300));
     let mut current = cfg.clone();
-    let mut gen = Generation::start(prepare(cfg, &ov)?, once)?;
+    let prepared = prepare(cfg, &ov)?;
+    let mut reporter = Reporter::new(notifier, &current, &prepared.db, now_ms());
+    reporter.generation(
+        &current,
+        &prepared.engine.bundle.model_id(),
+        prepared.engine.adapter_id().as_deref(),
+    );
+    let mut gen = Generation::start(prepared, once)?;
     let mut shutdown: Option<Instant> = None;
-    let mut reloads = 0u64;
     let finished = loop {
         match signals.next(TICK) {
             Some(Signal::Stop) if shutdown.is_some() => {
@@ -400,35 +618,59 @@ pub fn execute(cfg: Loaded, ov: Overrides, once: bool) -> Result<ExitCode> {
                     "stop requested: finishing queued frames and committing (at most {:.0} s)",
                     current.config.daemon.shutdown_timeout_secs
                 );
+                reporter.notifier.stopping();
                 gen.stop.store(true, Ordering::Relaxed);
                 shutdown = Some(Instant::now());
             }
-            Some(Signal::Reload) if shutdown.is_none() => match reload(&current, &ov) {
-                Ok((cfg, prepared)) => {
-                    gen.stop.store(true, Ordering::Relaxed);
-                    let done = gen.join();
-                    report_generation(done, "before reload");
-                    gen = match Generation::start(prepared, once) {
-                        Ok(g) => {
-                            current = cfg;
-                            reloads += 1;
-                            log::info!("configuration reloaded ({reloads} so far)");
-                            g
-                        }
-                        Err(e) => {
-                            log::error!(
-                                "reload: {}; restarting with the previous configuration",
-                                one_line(&e)
-                            );
-                            Generation::start(prepare(current.clone(), &ov)?, once)?
-                        }
-                    };
+            Some(Signal::Reload) if shutdown.is_none() => {
+                reporter.notifier.reloading();
+                match reload(&current, &ov) {
+                    Ok((cfg, prepared)) => {
+                        gen.stop.store(true, Ordering::Relaxed);
+                        let done = gen.join();
+                        report_generation(done, "before reload");
+                        let (model, adapter) = (
+                            prepared.engine.bundle.model_id(),
+                            prepared.engine.adapter_id(),
+                        );
+                        gen = match Generation::start(prepared, once) {
+                            Ok(g) => {
+                                current = cfg;
+                                reporter.base.reloads += 1;
+                                reporter.base.last_reload_error = None;
+                                reporter.generation(&current, &model, adapter.as_deref());
+                                log::info!(
+                                    "configuration reloaded ({} so far)",
+                                    reporter.base.reloads
+                                );
+                                g
+                            }
+                            Err(e) => {
+                                log::error!(
+                                    "reload: {}; restarting with the previous configuration",
+                                    one_line(&e)
+                                );
+                                reporter.base.last_reload_error = Some(one_line(&e));
+                                let prepared = prepare(current.clone(), &ov)?;
+                                let (model, adapter) = (
+                                    prepared.engine.bundle.model_id(),
+                                    prepared.engine.adapter_id(),
+                                );
+                                reporter.generation(&current, &model, adapter.as_deref());
+                                Generation::start(prepared, once)?
+                            }
+                        };
+                    }
+                    Err(e) => {
+                        log::error!(
+                            "reload refused, the running configuration stays: {}",
+                            one_line(&e)
+                        );
+                        reporter.base.last_reload_error = Some(one_line(&e));
+                    }
                 }
-                Err(e) => log::error!(
-                    "reload refused, the running configuration stays: {}",
-                    one_line(&e)
-                ),
-            },
+                reporter.notifier.ready();
+            }
             Some(Signal::Reload) => {}
             None => {}
         }
@@ -446,7 +688,7 @@ pub fn execute(cfg: Loaded, ov: Overrides, once: bool) -> Result<ExitCode> {
         if gen.is_finished() {
             break gen.join();
         }
-        let _ = &gen.monitor;
+        reporter.tick(&gen.monitor);
     };
     let f = finished?;
     print_summary(
