@@ -323,7 +323,7 @@ fn systemd_notifications_and_status_file_follow_the_daemons_life() {
         ],
     );
     let mut got: Vec<String> = Vec::new();
-    let mut recv_until = |want: &str, got: &mut Vec<String>| {
+    let recv_until = |want: &str, got: &mut Vec<String>| {
         let t0 = Instant::now();
         while !got.iter().any(|m| m.lines().any(|l| l.starts_with(want))) {
             assert!(
