@@ -131,7 +131,17 @@ pub(crate) fn backup_before_migration(
     found: u32,
 ) -> Result<PathBuf, StoreError> {
     let dest = unused_name(path, &format!("pre-v{SCHEMA_VERSION}"), ".bak");
-    backup_connection(conn, path, &dest)?;
+    backup_connection(conn, path, &dest).map_err(|e| match e {
+        StoreError::Backup { path, dest, cause } => StoreError::Backup {
+            path,
+            dest,
+            cause: format!(
+                "{cause}; schema {found} is migrated to {SCHEMA_VERSION} only after a backup: \
+                 free space on its volume and start again"
+            ),
+        },
+        other => other,
+    })?;
     log::info!(
         "database {}: schema {found} is older than {SCHEMA_VERSION}; backed it up to {} before migrating",
         path.display(),

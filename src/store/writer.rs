@@ -720,14 +720,19 @@ impl BatchWriter {
         }
         let unwritten = self.pending.len() as u64;
         if unwritten > 0 {
-            self.note_dropped(unwritten);
+            self.summary.rows_lost += unwritten;
+            WriterProgress::add(&self.progress.dropped, unwritten);
             self.pending.clear();
             log::error!(
                 "database {}: {unwritten} frames could not be written before exit",
                 self.store.path().display()
             );
-            if let Some(e) = self.failing.as_mut().and_then(|f| f.error.take()) {
-                self.summary.record_error(e);
+            match self.failing.as_mut().and_then(|f| f.error.take()) {
+                Some(e) => self.summary.record_error(e),
+                // Already reported when frames were first dropped (or the
+                // file is damaged, reported when found).
+                None if !self.fatal => self.summary.errors += 1,
+                None => {}
             }
         }
         let lost_refinements = self.held_refinements.len() as u64;
