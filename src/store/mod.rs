@@ -1640,6 +1640,43 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn database_life_errors_are_one_line_with_the_fix() {
+        let path = PathBuf::from("/srv/clipd/h.db");
+        let errors = [
+            StoreError::NetworkFs {
+                path: path.clone(),
+                fs: "nfs",
+            },
+            StoreError::MoveAside {
+                path: path.clone(),
+                dest: "/srv/clipd/h.db.corrupt-20240501T120000Z".into(),
+                cause: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            },
+            StoreError::NotIncremental { path: path.clone() },
+            StoreError::Damaged {
+                path: path.clone(),
+                problems: 2,
+                first: "Tree 2 page 7: btreeInitPage() returns error code 11".into(),
+            },
+        ];
+        let fixes = [
+            "store.allow_network_fs",
+            "by hand",
+            "without --incremental",
+            "restore it from a backup",
+        ];
+        for (e, fix) in errors.iter().zip(fixes) {
+            let msg = e.to_string();
+            assert!(!msg.contains('\n'), "{msg}");
+            assert!(
+                msg.contains("/srv/clipd/h.db") && msg.contains(fix),
+                "{msg}"
+            );
+            assert_eq!(e.path(), path);
+        }
+    }
+
+    #[test]
     fn store_is_send() {
         fn send<T: Send>() {}
         send::<Store>();
