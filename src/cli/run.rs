@@ -287,11 +287,7 @@ fn serve(
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::Error::new(e).context(format!("{}", dir.display())))?;
     }
-    let store_opts = StoreOptions {
-        batch_rows: c.store.commit_rows,
-        batch_ms: c.store.commit_ms,
-        synchronous: c.store.synchronous,
-    };
+    let store_opts = StoreOptions::from_config(&c.store);
     let mut store = Store::open(&db, &store_opts)?;
     engine.save_text_side(&mut store)?;
     let first_id = store.max_frame_id()? + 1;
