@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -26,7 +26,9 @@ use clipd::refiner::{
     self, BufferedFrame, RefineConfig, RefineContext, RefinerHandle, RefinerStats,
 };
 use clipd::source::{self, FrameSource};
-use clipd::store::{BatchWriter, FrameRecord, Store, StoreOptions, WriteOp, WriterSummary};
+use clipd::store::{
+    BatchWriter, FrameRecord, Store, StoreOptions, WriteOp, WriterProgress, WriterSummary,
+};
 use clipd::transduct::Params;
 
 use super::{
@@ -228,6 +230,8 @@ struct Finished {
 struct Generation {
     stop: Arc<AtomicBool>,
     monitor: Arc<Monitor>,
+    /// The store writer's counters, once the database is open.
+    store: Arc<OnceLock<Arc<WriterProgress>>>,
     thread: std::thread::JoinHandle<Result<Finished>>,
 }
 
@@ -245,15 +249,17 @@ impl Generation {
         let names: Vec<String> = sources.iter().map(|s| s.name().to_string()).collect();
         let monitor = Monitor::new(&names);
         let stop = Arc::new(AtomicBool::new(false));
+        let store = Arc::new(OnceLock::new());
         let thread = {
-            let (stop, monitor) = (stop.clone(), monitor.clone());
+            let (stop, monitor, store) = (stop.clone(), monitor.clone(), store.clone());
             std::thread::Builder::new()
                 .name("clipd-run".into())
-                .spawn(move || serve(p, sources, monitor, stop))?
+                .spawn(move || serve(p, sources, monitor, store, stop))?
         };
         Ok(Generation {
             stop,
             monitor,
+            store,
             thread,
         })
     }
@@ -274,6 +280,7 @@ fn serve(
     p: Prepared,
     sources: Vec<Box<dyn FrameSource>>,
     monitor: Arc<Monitor>,
+    store_progress: Arc<OnceLock<Arc<WriterProgress>>>,
     stop: Arc<AtomicBool>,
 ) -> Result<Finished> {
     let Prepared {
@@ -294,6 +301,7 @@ fn serve(
 
     let (tx, rx) = sync_channel::<WriteOp>(c.engine.queue.max(1));
     let writer = BatchWriter::spawn(store, rx)?;
+    let _ = store_progress.set(writer.progress());
     let model_id = engine.bundle.model_id();
     let adapter_id = engine.adapter_id();
     let head: Arc<dyn Classifier> = Arc::from(engine.classifier());
@@ -453,7 +461,7 @@ impl Reporter {
         self.last_status = None;
     }
 
-    fn tick(&mut self, monitor: &Monitor) {
+    fn tick(&mut self, monitor: &Monitor, store: Option<&Arc<WriterProgress>>) {
         let now = Instant::now();
         // Watchdog: fed only while the inference loop makes progress (or has nothing to do).
         if let Some(every) = self.notifier.watchdog_interval() {
@@ -493,7 +501,7 @@ impl Reporter {
         }
         if self.last_status.is_none_or(|t| now - t >= self.interval) {
             self.last_status = Some(now);
-            let report = self.snapshot(monitor, now);
+            let report = self.snapshot(monitor, store, now);
             self.notifier.status(&status_line(&report, self.ready));
             match report.write_atomic(&self.status_path) {
                 Ok(()) => self.status_failed = false,
@@ -506,7 +514,12 @@ impl Reporter {
         }
     }
 
-    fn snapshot(&mut self, monitor: &Monitor, now: Instant) -> StatusReport {
+    fn snapshot(
+        &mut self,
+        monitor: &Monitor,
+        store: Option<&Arc<WriterProgress>>,
+        now: Instant,
+    ) -> StatusReport {
         let mut r = self.base.clone();
         r.updated_ms = now_ms();
         r.sources = monitor
@@ -546,6 +559,16 @@ impl Reporter {
             })
             .collect();
         r.db.bytes = file_size(&r.db_path) + file_size(&wal_path(&r.db_path));
+        if let Some(p) = store.map(|p| p.snapshot()) {
+            r.db.rows_committed = p.rows_committed;
+            r.db.last_committed_id = (p.last_committed_id > 0).then_some(p.last_committed_id);
+            r.db.pending = p.pending;
+            r.db.dropped = p.dropped;
+            r.db.commit_errors = p.commit_errors;
+            if p.failing {
+                r.db.last_error = Some("commits are failing (see the journal)".into());
+            }
+        }
         r
     }
 }
@@ -684,7 +707,7 @@ pub fn execute(cfg: Loaded, ov: Overrides, once: bool) -> Result<ExitCode> {
         if gen.is_finished() {
             break gen.join();
         }
-        reporter.tick(&gen.monitor);
+        reporter.tick(&gen.monitor, gen.store.get());
     };
     let f = finished?;
     print_summary(
