@@ -147,6 +147,14 @@ fn integrity(db: &Path) -> String {
         .unwrap()
 }
 
+/// Integrity as a reader sees it while the daemon still writes.
+fn integrity_ro(db: &Path) -> String {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    c.query_row("PRAGMA quick_check", [], |r| r.get(0)).unwrap()
+}
+
 fn frame_ids(db: &Path) -> Vec<i64> {
     let c = open(db);
     let mut st = c.prepare("SELECT id FROM frames ORDER BY id").unwrap();
@@ -379,4 +387,59 @@ fn systemd_notifications_and_status_file_follow_the_daemons_life() {
     let ready = got.iter().position(|m| m.contains("READY=1")).unwrap();
     let stopping = got.iter().position(|m| m.contains("STOPPING=1")).unwrap();
     assert!(ready < stopping, "{got:?}");
+}
+
+#[test]
+fn a_full_disk_is_logged_survived_and_loses_no_committed_row() {
+    let fs = match common::tmpfs::Tmpfs::mount("3m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("skipping the daemon full-disk test: {why}");
+            return;
+        }
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let frames = frames(tmp.path(), 40);
+    let db = fs.path().join("h.db");
+    let cfg = write_config(tmp.path(), &frames, &db, "");
+    // Embeddings make every row big, so the file system fills within a few hundred frames.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("commit_ms = 50\n", "commit_ms = 50\nembeddings = true\n");
+    std::fs::write(&cfg, text).unwrap();
+    let d = Daemon::start(&cfg, &[]);
+    d.wait_for("through id 40", Duration::from_secs(60));
+    // Fill the rest of the file system, then feed more frames.
+    let filler = fs.path().join("filler");
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(Stdio::null())
+        .status();
+    let more = tmp.path().join("frames/more");
+    std::fs::create_dir_all(&more).unwrap();
+    let src = common::fieldset_test_frames();
+    for (i, (rel, _)) in src.iter().cycle().take(60).enumerate() {
+        std::fs::copy(
+            fixtures().join("fieldset").join(rel),
+            more.join(format!("m{i:03}.png")),
+        )
+        .unwrap();
+    }
+    let full = d.wait_for("full", Duration::from_secs(60));
+    assert!(full.contains("h.db"), "{full}");
+    // Still alive and still classifying while the disk is full.
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(integrity_ro(&db), "ok");
+    // Space comes back: the held frames are written.
+    std::fs::remove_file(&filler).unwrap();
+    d.wait_for("writing again", Duration::from_secs(60));
+    d.signal(libc::SIGTERM);
+    let (code, lines) = d.finish(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{}", lines.join("\n"));
+    assert_eq!(integrity(&db), "ok");
+    let ids = frame_ids(&db);
+    let last = reported_committed(&lines).unwrap();
+    assert_eq!(ids.len() as i64, last, "no holes, nothing reported lost");
+    assert!(last >= 40, "{last}");
 }
