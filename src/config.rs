@@ -497,7 +497,10 @@ pub fn validate(c: &Config) -> Result<(), (String, String)> {
     }
     if let Some(d) = c.store.retention_days {
         if !positive(d) {
-            return err("store.retention_days".into(), "must be a positive number of days");
+            return err(
+                "store.retention_days".into(),
+                "must be a positive number of days",
+            );
         }
     }
     if c.store.max_rows == Some(0) {
@@ -527,7 +530,11 @@ pub fn validate(c: &Config) -> Result<(), (String, String)> {
     for (i, s) in c.sources.iter().enumerate() {
         let key = |f: &str| format!("sources[{i}].{f}");
         if s.path.trim().is_empty() {
-            let f = if s.kind == SourceKind::Camera { "device" } else { "path" };
+            let f = if s.kind == SourceKind::Camera {
+                "device"
+            } else {
+                "path"
+            };
             return err(key(f), "must not be empty");
         }
         if let Some(f) = s.max_fps {
