@@ -73,7 +73,7 @@ fn doctor_passes_the_demo_config_and_reports_no_cameras() {
     }
     assert_eq!(
         line(&c, "config").2,
-        "configs/demo.toml: 50 classes, 1 source(s)"
+        "configs/demo.toml: 50 classes, 1 source"
     );
     let (status, _, msg) = line(&c, "bundle");
     assert_eq!(status, "ok");
@@ -106,7 +106,7 @@ fn doctor_names_a_broken_config_and_exits_2() {
     assert_eq!(
         msg,
         &format!(
-            "{}:5: engine.batchh: unknown field `batchh`, expected one of `batch`, `threads`, `decode_threads`, `batch_timeout_ms`, `queue` — fix: correct the key named above (clipd.toml.example documents every key)",
+            "{}:7: engine.batchh: unknown field `batchh`, expected one of `batch`, `threads`, `decode_threads`, `batch_timeout_ms`, `queue` — fix: correct the key named above (clipd.toml.example documents every key)",
             cfg.display()
         )
     );
@@ -213,7 +213,7 @@ fn doctor_reports_configured_cameras_that_are_missing_or_wrong() {
     let (status, _, msg) = line(&c, "camera");
     assert_eq!(status, "FAIL");
     assert!(
-        msg.starts_with("sources[0] /dev/v4l/by-id/usb-no-such-camera-video-index0: /dev/v4l/by-id/usb-no-such-camera-video-index0 does not exist (camera unplugged or not yet attached) — fix: attach the camera"),
+        msg.starts_with("sources[0].device = \"/dev/v4l/by-id/usb-no-such-camera-video-index0\": /dev/v4l/by-id/usb-no-such-camera-video-index0 does not exist (camera unplugged or not yet attached) — fix: attach the camera"),
         "{msg}"
     );
 

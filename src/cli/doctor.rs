@@ -93,10 +93,10 @@ pub fn doctor(args: DoctorArgs) -> Result<ExitCode> {
                 report.line(
                     "config",
                     Status::Ok(format!(
-                        "{}: {} classes, {} source(s)",
+                        "{}: {}, {}",
                         file.display(),
-                        c.classes.len(),
-                        c.sources.len()
+                        plural(c.classes.len(), "class", "classes"),
+                        plural(c.sources.len(), "source", "sources")
                     )),
                 );
                 Some(l)
@@ -270,6 +270,10 @@ fn check_database(path: &Path) -> Result<String> {
     ))
 }
 
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// Mark an error as I/O class (exit status 4).
 fn as_io(e: anyhow::Error) -> anyhow::Error {
     anyhow::Error::new(std::io::Error::other(one_line(&e)))
@@ -288,7 +292,7 @@ fn camera_error(key: &str, device: &str, msg: String, config: bool) -> anyhow::E
         .into()
     } else {
         SourceError::Io {
-            path: format!("{key} {device}").into(),
+            path: format!("{key}.device = {device:?}").into(),
             source: std::io::Error::other(msg),
         }
         .into()
