@@ -164,7 +164,7 @@ impl std::fmt::Display for Selector {
         match self {
             Selector::Index(n) => write!(f, "/dev/video{n}"),
             Selector::Path(p) => write!(f, "{}", p.display()),
-            Selector::Name(n) => write!(f, "{n:?}"),
+            Selector::Name(n) => f.write_str(n),
         }
     }
 }
@@ -505,32 +505,36 @@ impl V4lOpener {
             cam.set_camera_requset(exact)
                 .map_err(|e| fail(format!("setting {}: {e}", describe_modes(&[mode]))))?;
         }
-        cam.open_stream().map_err(|e| fail(e.to_string()))?;
         let got = cam.camera_format();
-        let format = from_nokhwa(got.format()).unwrap_or(mode.format);
+        if got != target {
+            return Err(fail(format!(
+                "the driver did not take {}: it reports {got}",
+                describe_modes(&[mode])
+            )));
+        }
+        cam.open_stream().map_err(|e| fail(e.to_string()))?;
         let mut description = format!(
             "{} {}×{} {} {} fps ({})",
             node.display(),
-            got.width(),
-            got.height(),
-            format_name(format),
-            got.frame_rate(),
+            mode.width,
+            mode.height,
+            format_name(mode.format),
+            mode.fps,
             cam.info().human_name()
         );
-        let asked = (self.want.width, self.want.height, self.want.fps);
-        if asked != (None, None, None) {
+        if (self.want.width, self.want.height, self.want.fps) != (None, None, None) {
             let (w, h) = self.want.size();
             let fps = self.want.fps.unwrap_or(DEFAULT_FPS);
-            if (w, h, fps) != (got.width(), got.height(), got.frame_rate()) {
+            if (w, h, fps) != (mode.width, mode.height, mode.fps) {
                 let _ = write!(description, "; requested {w}×{h} {fps} fps");
             }
         }
         Ok(Opened {
             device: Box::new(V4lDevice {
                 cam,
-                raw: raw_format(format),
-                width: got.width(),
-                height: got.height(),
+                raw: raw_format(mode.format),
+                width: mode.width,
+                height: mode.height,
                 node: node.to_path_buf(),
             }),
             description,

@@ -153,6 +153,7 @@ pub fn log_reporter(name: String, settings: &Settings) -> Reporter {
             description,
             reconnected: false,
         } => log::info!("camera {name}: {description}"),
+        // At the level of the loss it ends, so the default (warn) log shows both.
         CaptureEvent::Connected {
             description,
             reconnected: true,
