@@ -94,7 +94,7 @@ pub fn decode_bytes(
         image::ImageError::Unsupported(_) => PreprocessError::Unsupported { path: p() },
         e => PreprocessError::Decode {
             path: p(),
-            msg: e.to_string(),
+            msg: one_line(&e.to_string()),
         },
     };
     let mut reader = ImageReader::new(Cursor::new(bytes))
@@ -102,6 +102,12 @@ pub fn decode_bytes(
         .map_err(|source| PreprocessError::Io { path: p(), source })?;
     if reader.format().is_none() {
         return Err(PreprocessError::Unsupported { path: p() });
+    }
+    if reader.format() == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
+        return Err(PreprocessError::Decode {
+            path: p(),
+            msg: "truncated JPEG: the image data has no end-of-image marker".into(),
+        });
     }
     let mut lim = Limits::default();
     lim.max_image_width = Some(limits.max_side);
@@ -152,6 +158,32 @@ fn too_large(bytes: &[u8], path: &Path, limits: &DecodeLimits) -> PreprocessErro
 /// Convert any decoded image to 8-bit RGB the way PIL's `convert("RGB")` does: grey is
 /// replicated, alpha is dropped (not composited), palettes are already expanded by the decoder,
 /// and 16-bit samples are scaled to 8 bits.
+/// A decoder message as one line (some end with a newline or span several).
+fn one_line(msg: &str) -> String {
+    msg.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Whether a JPEG's last scan is followed by its end-of-image marker.
+///
+/// The JPEG decoder fills a truncated scan with grey and reports success, so a frame cut off in
+/// transfer (a half-written file, a camera frame torn by a USB hiccup) would be classified as
+/// if it were whole. Inside entropy-coded data every 0xFF byte is followed by 0x00 or a restart
+/// marker, so neither SOS (FF DA) nor EOI (FF D9) can occur there: the last SOS begins the last
+/// scan, and an intact file has an EOI after it.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let marker_at = |m: u8| bytes.windows(2).rposition(|w| w[0] == 0xFF && w[1] == m);
+    match (marker_at(0xDA), marker_at(0xD9)) {
+        (Some(sos), Some(eoi)) => eoi > sos,
+        // No scan at all: let the decoder report what is wrong.
+        (None, _) => true,
+        (Some(_), None) => false,
+    }
+}
+
 pub fn to_rgb8(img: DynamicImage) -> RgbImage {
     match img {
         DynamicImage::ImageRgb8(rgb) => rgb,
@@ -545,8 +577,8 @@ mod tests {
     fn refuses_huge_header_before_decoding() {
         // A valid PNG signature + IHDR for 20000x20000 RGB and nothing else: decoding would need
         // 1.2 GB, the header alone must be enough to refuse it.
-        let png = huge_png_header(20_000, 20_000);
-        let e = decode_bytes(&png, Path::new("huge.png"), &DecodeLimits::default()).unwrap_err();
+        let png = include_bytes!("../tests/fixtures/bad/images/huge_header.png");
+        let e = decode_bytes(png, Path::new("huge.png"), &DecodeLimits::default()).unwrap_err();
         assert!(
             matches!(e, PreprocessError::TooLarge { width: 20_000, .. }),
             "{e}"
@@ -557,46 +589,35 @@ mod tests {
         assert!(matches!(e, PreprocessError::Unsupported { .. }), "{e}");
     }
 
-    /// PNG signature plus a valid IHDR chunk (CRC included) for a `w × h` 8-bit RGB image.
-    pub(crate) fn huge_png_header(w: u32, h: u32) -> Vec<u8> {
-        let mut ihdr = b"IHDR".to_vec();
-        ihdr.extend_from_slice(&w.to_be_bytes());
-        ihdr.extend_from_slice(&h.to_be_bytes());
-        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-        let crc = crc32(&ihdr);
-        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-        out.extend_from_slice(&13u32.to_be_bytes());
-        out.extend_from_slice(&ihdr);
-        out.extend_from_slice(&crc.to_be_bytes());
-        // An IDAT with an empty zlib stream and IEND: a well-formed start of a huge image.
-        for (kind, data) in [
-            (
-                &b"IDAT"[..],
-                &[0x78u8, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01][..],
-            ),
-            (&b"IEND"[..], &[][..]),
-        ] {
-            let mut chunk = kind.to_vec();
-            chunk.extend_from_slice(data);
-            out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-            out.extend_from_slice(&chunk);
-            out.extend_from_slice(&crc32(&chunk).to_be_bytes());
+    #[test]
+    fn truncated_jpeg_is_refused_and_messages_are_one_line() {
+        let whole = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/fieldset/test/circle/circle_000.jpg"
+        ))
+        .unwrap();
+        assert!(jpeg_is_complete(&whole));
+        assert!(decode_bytes(&whole, Path::new("ok.jpg"), &DecodeLimits::default()).is_ok());
+        // Cut anywhere inside the scan: the decoder alone would fill the rest with grey.
+        let sos = whole.windows(2).position(|w| w == [0xff, 0xda]).unwrap();
+        for cut in [sos + 20, (sos + whole.len()) / 2, whole.len() - 2] {
+            let e = decode_bytes(
+                &whole[..cut],
+                Path::new("cut.jpg"),
+                &DecodeLimits::default(),
+            )
+            .unwrap_err();
+            assert!(matches!(e, PreprocessError::Decode { .. }), "{e}");
+            assert!(e.to_string().contains("truncated JPEG"), "{e}");
         }
-        out
-    }
-
-    fn crc32(data: &[u8]) -> u32 {
-        let mut crc = 0xffff_ffffu32;
-        for &b in data {
-            crc ^= b as u32;
-            for _ in 0..8 {
-                crc = if crc & 1 != 0 {
-                    (crc >> 1) ^ 0xedb8_8320
-                } else {
-                    crc >> 1
-                };
-            }
-        }
-        !crc
+        // Cut inside the header: the decoder's own message, folded onto one line.
+        let e = decode_bytes(
+            &whole[..sos / 2],
+            Path::new("h.jpg"),
+            &DecodeLimits::default(),
+        )
+        .unwrap_err();
+        assert!(!e.to_string().contains('\n'), "{e:?}");
+        assert_eq!(one_line("a\n\n b \n"), "a; b");
     }
 }

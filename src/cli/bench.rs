@@ -165,6 +165,7 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
                     top_k: c.top_k,
                     limits: c.decode,
                     keep_embeddings: false,
+                    ..Default::default()
                 },
                 Arc::new(AtomicBool::new(false)),
             )?;
@@ -362,6 +363,7 @@ fn refiner_latency(
                 top_k: c.top_k,
                 limits: c.decode,
                 keep_embeddings: with_refiner,
+                ..Default::default()
             },
             Arc::new(AtomicBool::new(false)),
         )?;

@@ -94,6 +94,7 @@ pub fn classify(args: ClassifyArgs) -> Result<ExitCode> {
         top_k,
         limits: c.decode,
         keep_embeddings: false,
+        ..Default::default()
     };
     let (_, sink) = pipeline::run(
         vec![Box::new(source)],

@@ -2,30 +2,36 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Args;
 
 use clipd::classes::ClassSpec;
 use clipd::config::Loaded;
+use clipd::daemon::notify::Notifier;
+use clipd::daemon::signals::{Signal, Signals};
+use clipd::daemon::status::{self, RateMeter, SourceStatus, StatusReport};
 use clipd::encoder::EncoderOptions;
 use clipd::engine::Engine;
 use clipd::head::Classifier;
-use clipd::pipeline::{self, FrameResult, PipelineOptions, RunStats, Sink};
+use clipd::pipeline::{self, FramePolicy, FrameResult, Monitor, PipelineOptions, RunStats, Sink};
 use clipd::preprocess::Transform;
-use clipd::refiner::{self, BufferedFrame, RefineContext, RefinerHandle};
+use clipd::refiner::{
+    self, BufferedFrame, RefineConfig, RefineContext, RefinerHandle, RefinerStats,
+};
 use clipd::source::{self, FrameSource};
 use clipd::store::{BatchWriter, FrameRecord, Store, StoreOptions, WriteOp, WriterSummary};
+use clipd::transduct::Params;
 
 use super::{
-    adapter_path, bundle_dir, demo_config, load_config, AdapterArg, ModelArgs, UsageError,
-    SOME_FAILED,
+    adapter_path, bundle_dir, demo_config, load_config, one_line, AdapterArg, ModelArgs,
+    UsageError, SOME_FAILED,
 };
 
 #[derive(Debug, Args)]
@@ -61,28 +67,30 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         )
         .into());
     };
-    let bundle = bundle_dir(args.model.bundle.as_deref(), Some(&cfg));
-    let adapter = adapter_path(args.adapter.adapter.as_deref(), Some(&cfg));
-    execute(
-        &cfg,
-        bundle,
-        adapter,
-        args.db,
-        args.model.threads,
-        args.once,
-    )
+    let ov = Overrides {
+        bundle: args.model.bundle,
+        adapter: args.adapter.adapter,
+        db: args.db,
+        threads: args.model.threads,
+    };
+    execute(cfg, ov, args.once)
 }
 
 /// The demo: `run --once` with the built-in configuration.
 pub fn demo(args: DemoArgs) -> Result<ExitCode> {
     let cfg = demo_config()?;
-    let bundle = bundle_dir(args.bundle.as_deref(), Some(&cfg));
     println!(
         "clipd demo: zero-shot classification of the sample frames in {}",
         cfg.resolve(std::path::Path::new(&cfg.config.sources[0].path))
             .display()
     );
-    execute(&cfg, bundle, None, args.db, None, true)
+    let ov = Overrides {
+        bundle: args.bundle,
+        adapter: None,
+        db: args.db,
+        threads: None,
+    };
+    execute(cfg, ov, true)
 }
 
 /// Sends results to the store thread, numbering rows itself so the refiner can name them, and
@@ -137,15 +145,26 @@ pub fn to_record(r: FrameResult, model_id: &str) -> FrameRecord {
     rec
 }
 
-/// Open sources, load the model, then (only then) open the database and run.
-pub fn execute(
-    cfg: &Loaded,
-    bundle: PathBuf,
-    adapter: Option<PathBuf>,
-    db: Option<PathBuf>,
-    threads: Option<usize>,
-    once: bool,
-) -> Result<ExitCode> {
+/// What the command line fixes for the daemon's whole life (a reload re-reads only the config
+/// file and the files it and these name).
+#[derive(Debug, Clone)]
+pub struct Overrides {
+    pub bundle: Option<PathBuf>,
+    pub adapter: Option<PathBuf>,
+    pub db: Option<PathBuf>,
+    pub threads: Option<usize>,
+}
+
+/// Everything checked and loaded before a configuration goes live: a reload swaps only a fully
+/// prepared one in, so a bad new config never stops the running one.
+struct Prepared {
+    cfg: Loaded,
+    engine: Engine,
+    refine: Option<(RefineConfig, Params)>,
+    db: PathBuf,
+}
+
+fn prepare(cfg: Loaded, ov: &Overrides) -> Result<Prepared> {
     let c = &cfg.config;
     if c.sources.is_empty() {
         return Err(UsageError(format!(
@@ -154,16 +173,12 @@ pub fn execute(
         ))
         .into());
     }
-    let sources: Vec<Box<dyn FrameSource>> = c
-        .sources
-        .iter()
-        .enumerate()
-        .map(|(i, s)| source::open(i, s, &cfg.base, once))
-        .collect::<Result<_, _>>()?;
-    let db = db.unwrap_or_else(|| cfg.resolve(&c.store.path));
+    let bundle = bundle_dir(ov.bundle.as_deref(), Some(&cfg));
+    let adapter = adapter_path(ov.adapter.as_deref(), Some(&cfg));
+    let db = ov.db.clone().unwrap_or_else(|| cfg.resolve(&c.store.path));
     let opts = EncoderOptions {
         batch: c.engine.batch,
-        threads: threads.unwrap_or(c.engine.threads),
+        threads: ov.threads.unwrap_or(c.engine.threads),
     };
     let classes = ClassSpec::from_config(&c.classes, &c.prompts);
     let engine = Engine::load(&bundle, classes, opts, Some(&db), adapter.as_deref())?;
@@ -191,16 +206,88 @@ pub fn execute(
             engine.new_prompt_embeddings.len()
         ),
     }
+    Ok(Prepared {
+        cfg,
+        engine,
+        refine,
+        db,
+    })
+}
 
+/// What one configuration's run did.
+struct Finished {
+    stats: RunStats,
+    written: WriterSummary,
+    refined: Option<RefinerStats>,
+    model_id: String,
+    adapter_id: Option<String>,
+    db: PathBuf,
+}
+
+/// One configuration running: the pipeline, its store writer and refiner, on their threads.
+struct Generation {
+    stop: Arc<AtomicBool>,
+    monitor: Arc<Monitor>,
+    thread: std::thread::JoinHandle<Result<Finished>>,
+}
+
+impl Generation {
+    /// Open the sources (now: a camera can only be held by one generation at a time), then run
+    /// the rest on a thread.
+    fn start(p: Prepared, once: bool) -> Result<Generation> {
+        let c = &p.cfg.config;
+        let sources: Vec<Box<dyn FrameSource>> = c
+            .sources
+            .iter()
+            .enumerate()
+            .map(|(i, s)| source::open(i, s, &p.cfg.base, once))
+            .collect::<Result<_, _>>()?;
+        let names: Vec<String> = sources.iter().map(|s| s.name().to_string()).collect();
+        let monitor = Monitor::new(&names);
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (stop, monitor) = (stop.clone(), monitor.clone());
+            std::thread::Builder::new()
+                .name("clipd-run".into())
+                .spawn(move || serve(p, sources, monitor, stop))?
+        };
+        Ok(Generation {
+            stop,
+            monitor,
+            thread,
+        })
+    }
+
+    fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    fn join(self) -> Result<Finished> {
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))?
+    }
+}
+
+/// Open the database and run the pipeline until the sources end or `stop` is set.
+fn serve(
+    p: Prepared,
+    sources: Vec<Box<dyn FrameSource>>,
+    monitor: Arc<Monitor>,
+    stop: Arc<AtomicBool>,
+) -> Result<Finished> {
+    let Prepared {
+        cfg,
+        engine,
+        refine,
+        db,
+    } = p;
+    let c = &cfg.config;
     if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::Error::new(e).context(format!("{}", dir.display())))?;
     }
-    let store_opts = StoreOptions {
-        batch_rows: c.store.commit_rows,
-        batch_ms: c.store.commit_ms,
-        synchronous: c.store.synchronous,
-    };
+    let store_opts = StoreOptions::from_config(&c.store);
     let mut store = Store::open(&db, &store_opts)?;
     engine.save_text_side(&mut store)?;
     let first_id = store.max_frame_id()? + 1;
@@ -218,8 +305,8 @@ pub fn execute(
                 params.clone(),
                 Some(rc.max_changed),
             );
-            let labels = &ctx.labels;
-            let index = labels
+            let index = ctx
+                .labels
                 .iter()
                 .enumerate()
                 .map(|(i, l)| (l.clone(), i))
@@ -249,6 +336,8 @@ pub fn execute(
         top_k: c.top_k,
         limits: c.decode,
         keep_embeddings: c.store.embeddings || refine.is_some(),
+        policies: c.sources.iter().map(FramePolicy::from_config).collect(),
+        monitor: Some(monitor),
     };
     let transform = Transform::from_spec(&engine.bundle.manifest.image);
     let result = pipeline::run(
@@ -259,7 +348,7 @@ pub fn execute(
         Some(labels),
         sink,
         popts,
-        Arc::new(AtomicBool::new(false)),
+        stop,
     );
     // The sink (and with it the channel's sender) is dropped by now, so the writer drains,
     // commits and exits.
@@ -276,8 +365,336 @@ pub fn execute(
     let written = writer
         .join()
         .map_err(|_| anyhow::anyhow!("the database writer thread panicked"))?;
-    print_summary(&stats, &written, &db, &model_id, adapter_id.as_deref());
-    if let Some(r) = refined {
+    Ok(Finished {
+        stats,
+        written,
+        refined,
+        model_id,
+        adapter_id,
+        db,
+    })
+}
+
+/// How often the control loop wakes to refresh status and feed the watchdog.
+const TICK: Duration = Duration::from_millis(200);
+
+/// READY=1 waits for the first classified frame, but no longer than this: a camera unplugged at
+/// boot must not turn into a start timeout and a restart loop (the STATUS= line says why no
+/// frame has come yet, and the camera source keeps reconnecting).
+const READY_GRACE: Duration = Duration::from_secs(60);
+
+/// The daemon's face to the outside: systemd notifications, the watchdog, the status file.
+struct Reporter {
+    notifier: Notifier,
+    status_path: PathBuf,
+    interval: Duration,
+    hung_after: Duration,
+    started: Instant,
+    base: StatusReport,
+    kinds: Vec<String>,
+    meters: Vec<RateMeter>,
+    last_status: Option<Instant>,
+    last_ping: Option<Instant>,
+    ready: bool,
+    hung_logged: bool,
+    status_failed: bool,
+}
+
+impl Reporter {
+    fn new(notifier: Notifier, cfg: &Loaded, db: &Path, started_ms: i64) -> Reporter {
+        let d = &cfg.config.daemon;
+        let status_path = d
+            .status_file
+            .as_ref()
+            .map(|p| cfg.resolve(p))
+            .unwrap_or_else(|| status::default_status_path(db));
+        let base = StatusReport {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_ms,
+            interval_ms: (d.status_interval_secs * 1000.0) as u64,
+            config: Some(cfg.file.clone()),
+            db_path: db.to_path_buf(),
+            ..Default::default()
+        };
+        Reporter {
+            notifier,
+            status_path,
+            interval: Duration::from_secs_f64(d.status_interval_secs),
+            hung_after: Duration::from_secs_f64(d.hung_after_secs),
+            started: Instant::now(),
+            base,
+            kinds: Vec::new(),
+            meters: Vec::new(),
+            last_status: None,
+            last_ping: None,
+            ready: false,
+            hung_logged: false,
+            status_failed: false,
+        }
+    }
+
+    /// A configuration went live (start or reload).
+    fn generation(&mut self, cfg: &Loaded, model_id: &str, adapter_id: Option<&str>) {
+        let d = &cfg.config.daemon;
+        self.interval = Duration::from_secs_f64(d.status_interval_secs);
+        self.hung_after = Duration::from_secs_f64(d.hung_after_secs);
+        self.base.interval_ms = (d.status_interval_secs * 1000.0) as u64;
+        self.base.config = Some(cfg.file.clone());
+        self.base.model_id = model_id.to_string();
+        self.base.adapter_id = adapter_id.map(str::to_string);
+        self.kinds = cfg
+            .config
+            .sources
+            .iter()
+            .map(|s| format!("{:?}", s.kind).to_lowercase())
+            .collect();
+        self.meters = vec![RateMeter::new(); self.kinds.len()];
+        self.last_status = None;
+    }
+
+    fn tick(&mut self, monitor: &Monitor) {
+        let now = Instant::now();
+        // Watchdog: fed only while the inference loop makes progress (or has nothing to do).
+        if let Some(every) = self.notifier.watchdog_interval() {
+            let stuck = monitor.stuck_for();
+            if stuck < self.hung_after {
+                if self.last_ping.is_none_or(|t| now - t >= every / 2) {
+                    self.notifier.watchdog();
+                    self.last_ping = Some(now);
+                }
+                if self.hung_logged {
+                    log::warn!("inference is progressing again");
+                    self.hung_logged = false;
+                }
+            } else if !self.hung_logged {
+                log::error!(
+                    "inference hung: {} frames waiting, none finished for {:.0} s \
+                     (daemon.hung_after_secs); no longer feeding the systemd watchdog",
+                    monitor.in_flight(),
+                    stuck.as_secs_f64()
+                );
+                self.hung_logged = true;
+            }
+        }
+        if !self.ready {
+            let first = monitor.outputs() > 0;
+            if first || self.started.elapsed() >= READY_GRACE {
+                if !first {
+                    log::warn!(
+                        "no frame classified within {} s of start (is the camera connected? \
+                         `clipd doctor`); reporting ready and waiting",
+                        READY_GRACE.as_secs()
+                    );
+                }
+                self.notifier.ready();
+                self.ready = true;
+            }
+        }
+        if self.last_status.is_none_or(|t| now - t >= self.interval) {
+            self.last_status = Some(now);
+            let report = self.snapshot(monitor, now);
+            self.notifier.status(&status_line(&report, self.ready));
+            match report.write_atomic(&self.status_path) {
+                Ok(()) => self.status_failed = false,
+                Err(e) if !self.status_failed => {
+                    log::warn!("status file: {e}");
+                    self.status_failed = true;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn snapshot(&mut self, monitor: &Monitor, now: Instant) -> StatusReport {
+        let mut r = self.base.clone();
+        r.updated_ms = now_ms();
+        r.sources = monitor
+            .sources()
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let classified = m.classified.load(Ordering::Relaxed);
+                let fps = self
+                    .meters
+                    .get_mut(i)
+                    .map(|meter| meter.update(now, classified))
+                    .unwrap_or(0.0);
+                let device = m.device();
+                let last = m.last();
+                SourceStatus {
+                    name: m.name.clone(),
+                    kind: self.kinds.get(i).cloned().unwrap_or_default(),
+                    frames: m.delivered.load(Ordering::Relaxed),
+                    classified,
+                    failed: m.failed.load(Ordering::Relaxed),
+                    skipped: m.skipped.load(Ordering::Relaxed),
+                    dropped: m.dropped.load(Ordering::Relaxed),
+                    fps,
+                    reconnects: device
+                        .as_ref()
+                        .map_or(0, |d| d.reconnects.load(Ordering::Relaxed)),
+                    stalls: device
+                        .as_ref()
+                        .map_or(0, |d| d.stalls.load(Ordering::Relaxed)),
+                    connected: device.as_ref().map(|d| d.connected.load(Ordering::Relaxed)),
+                    last_label: last.as_ref().map(|l| l.label.clone()),
+                    last_score: last.as_ref().map(|l| l.score),
+                    last_ts_ms: last.as_ref().map(|l| l.ts_ms),
+                    state: None,
+                }
+            })
+            .collect();
+        r.db.bytes = file_size(&r.db_path) + file_size(&wal_path(&r.db_path));
+        r
+    }
+}
+
+/// The one line `systemctl status` shows.
+fn status_line(r: &StatusReport, ready: bool) -> String {
+    let parts: Vec<String> = r
+        .sources
+        .iter()
+        .map(|s| {
+            format!(
+                "{}: {:.1} fps, {}",
+                s.name,
+                s.fps,
+                s.last_label.as_deref().unwrap_or("no frame yet")
+            )
+        })
+        .collect();
+    let waiting = if ready { "" } else { "starting; " };
+    format!("{waiting}{}", parts.join("; "))
+}
+
+fn file_size(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+fn wal_path(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push("-wal");
+    PathBuf::from(s)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Run the daemon: start the configuration, then serve signals until the sources end (`once`)
+/// or a SIGTERM/SIGINT stops it. SIGHUP reloads the config file (and the adapter and bundle it
+/// names); a config that fails to load is logged and the running one stays.
+pub fn execute(cfg: Loaded, ov: Overrides, once: bool) -> Result<ExitCode> {
+    let signals = Signals::listen()?;
+    let notifier = Notifier::from_env();
+    // A large model can take a while to load on a small board.
+    notifier.extend_timeout(Duration::from_secs(300));
+    let mut current = cfg.clone();
+    let prepared = prepare(cfg, &ov)?;
+    let mut reporter = Reporter::new(notifier, &current, &prepared.db, now_ms());
+    reporter.generation(
+        &current,
+        &prepared.engine.bundle.model_id(),
+        prepared.engine.adapter_id().as_deref(),
+    );
+    let mut gen = Generation::start(prepared, once)?;
+    let mut shutdown: Option<Instant> = None;
+    let finished = loop {
+        match signals.next(TICK) {
+            Some(Signal::Stop) if shutdown.is_some() => {
+                log::error!("second stop signal: exiting at once without draining");
+                std::process::exit(i32::from(SOME_FAILED));
+            }
+            Some(Signal::Stop) => {
+                log::info!(
+                    "stop requested: finishing queued frames and committing (at most {:.0} s)",
+                    current.config.daemon.shutdown_timeout_secs
+                );
+                reporter.notifier.stopping();
+                gen.stop.store(true, Ordering::Relaxed);
+                shutdown = Some(Instant::now());
+            }
+            Some(Signal::Reload) if shutdown.is_none() => {
+                reporter.notifier.reloading();
+                match reload(&current, &ov) {
+                    Ok((cfg, prepared)) => {
+                        gen.stop.store(true, Ordering::Relaxed);
+                        let done = gen.join();
+                        report_generation(done, "before reload");
+                        let (model, adapter) = (
+                            prepared.engine.bundle.model_id(),
+                            prepared.engine.adapter_id(),
+                        );
+                        gen = match Generation::start(prepared, once) {
+                            Ok(g) => {
+                                current = cfg;
+                                reporter.base.reloads += 1;
+                                reporter.base.last_reload_error = None;
+                                reporter.generation(&current, &model, adapter.as_deref());
+                                log::info!(
+                                    "configuration reloaded ({} so far)",
+                                    reporter.base.reloads
+                                );
+                                g
+                            }
+                            Err(e) => {
+                                log::error!(
+                                    "reload: {}; restarting with the previous configuration",
+                                    one_line(&e)
+                                );
+                                reporter.base.last_reload_error = Some(one_line(&e));
+                                let prepared = prepare(current.clone(), &ov)?;
+                                let (model, adapter) = (
+                                    prepared.engine.bundle.model_id(),
+                                    prepared.engine.adapter_id(),
+                                );
+                                reporter.generation(&current, &model, adapter.as_deref());
+                                Generation::start(prepared, once)?
+                            }
+                        };
+                    }
+                    Err(e) => {
+                        log::error!(
+                            "reload refused, the running configuration stays: {}",
+                            one_line(&e)
+                        );
+                        reporter.base.last_reload_error = Some(one_line(&e));
+                    }
+                }
+                reporter.notifier.ready();
+            }
+            Some(Signal::Reload) => {}
+            None => {}
+        }
+        if let Some(t0) = shutdown {
+            let limit = Duration::from_secs_f64(current.config.daemon.shutdown_timeout_secs);
+            if t0.elapsed() > limit && !gen.is_finished() {
+                log::error!(
+                    "shutdown did not finish within {:.0} s (daemon.shutdown_timeout_secs): exiting; \
+                     frames still queued are lost, committed ones are safe",
+                    limit.as_secs_f64()
+                );
+                std::process::exit(i32::from(SOME_FAILED));
+            }
+        }
+        if gen.is_finished() {
+            break gen.join();
+        }
+        reporter.tick(&gen.monitor);
+    };
+    let f = finished?;
+    print_summary(
+        &f.stats,
+        &f.written,
+        &f.db,
+        &f.model_id,
+        f.adapter_id.as_deref(),
+    );
+    if let Some(r) = &f.refined {
         println!(
             "refinement: {} passes ({} held back by max_changed, {} failed), {:.1} ms per pass, {} state changes",
             r.passes,
@@ -287,14 +704,38 @@ pub fn execute(
             r.state_changes
         );
     }
-    if let Some(e) = written.first_error {
+    if let Some(e) = f.written.first_error {
         return Err(e.into());
     }
-    Ok(if stats.failed > 0 {
+    Ok(if f.stats.failed > 0 {
         ExitCode::from(SOME_FAILED)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Re-read the config file and load everything it names, without touching the running one.
+fn reload(current: &Loaded, ov: &Overrides) -> Result<(Loaded, Prepared)> {
+    log::info!("reloading {}", current.file.display());
+    let cfg = clipd::config::load(&current.file)?;
+    let prepared = prepare(cfg.clone(), ov)?;
+    Ok((cfg, prepared))
+}
+
+/// Log how a configuration's run ended (a reload ends one).
+fn report_generation(done: Result<Finished>, when: &str) {
+    match done {
+        Ok(f) => log::info!(
+            "{when}: {} frames ({} classified, {} failed, {} skipped, {} dropped); database: {}",
+            f.stats.frames,
+            f.stats.classified,
+            f.stats.failed,
+            f.stats.skipped,
+            f.stats.dropped,
+            f.written
+        ),
+        Err(e) => log::error!("{when}: the pipeline ended with an error: {}", one_line(&e)),
+    }
 }
 
 fn print_summary(

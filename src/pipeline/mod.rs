@@ -2,16 +2,27 @@
 //!
 //! ```text
 //! sources (1 thread each) ─▶ decode+preprocess (N threads) ─▶ encode (batches ≤ B) ─▶ head ─▶ sink
+//!   frame policy: every-N-th,   novelty gate
+//!   rate cap, overflow
 //! ```
-//! A full queue blocks its producer (back-pressure), so memory stays bounded whatever the
-//! source rate. A frame that cannot be decoded travels on as an error result: it is counted,
-//! logged with its path and handed to the sink, and the run continues.
+//! A full queue blocks a file source (back-pressure) and makes a camera drop its oldest queued
+//! frame ([`queue`]), so memory stays bounded whatever the source rate. A frame that cannot be
+//! decoded travels on as an error result: it is counted, logged with its path and handed to the
+//! sink, and the run continues. Setting `stop` ends the sources; what is already queued is still
+//! classified and handed to the sink (a drain), then every thread exits.
+
+pub mod monitor;
+pub mod policy;
+pub mod queue;
+
+pub use monitor::{LastLabel, Monitor, SourceMetrics};
+pub use policy::FramePolicy;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -20,6 +31,8 @@ use crate::encoder::{l2_normalize_rows, ImageEncoder};
 use crate::head::Classifier;
 use crate::preprocess::{decode_bytes, decode_file, to_rgb8, DecodeLimits, Transform};
 use crate::source::{Frame, FrameSource, Next, Payload};
+use policy::{Admit, NoveltyGate, RateGate};
+use queue::{FrameQueue, Pushed};
 
 /// Settings fixed for the pipeline's lifetime.
 #[derive(Debug, Clone)]
@@ -32,6 +45,25 @@ pub struct PipelineOptions {
     pub limits: DecodeLimits,
     /// Keep each frame's normalised embedding in its result.
     pub keep_embeddings: bool,
+    /// Frame policy per source, in source order (missing: keep every frame, block when full).
+    pub policies: Vec<FramePolicy>,
+    /// Live counters to fill (the daemon reads them); a private one is used when absent.
+    pub monitor: Option<Arc<Monitor>>,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions {
+            decode_threads: 1,
+            queue: 32,
+            batch_timeout: Duration::from_millis(50),
+            top_k: 5,
+            limits: DecodeLimits::default(),
+            keep_embeddings: false,
+            policies: Vec::new(),
+            monitor: None,
+        }
+    }
 }
 
 /// A successful classification.
@@ -92,6 +124,10 @@ pub struct RunStats {
     pub frames: u64,
     pub classified: u64,
     pub failed: u64,
+    /// Frames the frame policy chose not to classify (not counted in `frames`).
+    pub skipped: u64,
+    /// Frames dropped because inference fell behind (not counted in `frames`).
+    pub dropped: u64,
     /// Failures per kind.
     pub failures: BTreeMap<String, u64>,
     /// Frames per predicted label.
@@ -138,6 +174,8 @@ struct Job {
 }
 
 struct Meta {
+    /// Index of the source in the pipeline's list.
+    index: usize,
     seq: u64,
     ts_ms: i64,
     source: String,
@@ -149,11 +187,14 @@ struct Meta {
 enum Decoded {
     Ok(Meta, Vec<f32>),
     Failed(Meta, FrameFailure),
+    /// Too similar to the source's last kept frame (novelty gate).
+    Skipped(Meta),
 }
 
 enum Encoded {
     Batch(Vec<Meta>, Vec<f32>),
     Failed(Meta, FrameFailure),
+    Skipped(Meta),
 }
 
 fn now_ms() -> i64 {
@@ -188,63 +229,96 @@ pub fn run<S: Sink + 'static>(
 ) -> Result<(RunStats, S), PipelineError> {
     let started = Instant::now();
     let q = opts.queue.max(1);
-    let (job_tx, job_rx) = sync_channel::<Job>(q);
+    let monitor = opts.monitor.clone().unwrap_or_else(|| {
+        let names: Vec<String> = sources.iter().map(|s| s.name().to_string()).collect();
+        Monitor::new(&names)
+    });
+    let queue = Arc::new(FrameQueue::<Job>::new(q, sources.len()));
     let (dec_tx, dec_rx) = sync_channel::<Decoded>(q);
     let (enc_tx, enc_rx) = sync_channel::<Encoded>(q);
+    let policy_of = |i: usize| opts.policies.get(i).cloned().unwrap_or_default();
 
-    // Sources: one thread each, sharing a sequence counter.
+    // Sources: one thread each, sharing a sequence counter; the rate rules run here.
     let seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut source_threads = Vec::new();
-    for mut src in sources {
-        let tx = job_tx.clone();
+    for (index, mut src) in sources.into_iter().enumerate() {
+        let queue = queue.clone();
         let seq = seq.clone();
         let stop = stop.clone();
+        let monitor = monitor.clone();
+        let policy = policy_of(index);
+        if let Some(m) = monitor.source(index) {
+            m.set_device(src.counters());
+        }
         source_threads.push(spawn("source", move || -> Result<(), PipelineError> {
-            while !stop.load(Ordering::Relaxed) {
+            let mut gate = RateGate::new(&policy);
+            let metrics = monitor.source(index);
+            let count = |f: fn(&SourceMetrics) -> &std::sync::atomic::AtomicU64| {
+                if let Some(m) = metrics {
+                    f(m).fetch_add(1, Ordering::Relaxed);
+                }
+            };
+            let result = loop {
+                if stop.load(Ordering::Relaxed) {
+                    break Ok(());
+                }
                 match src.next() {
                     Ok(Next::Frame(frame)) => {
+                        count(|m| &m.delivered);
+                        match gate.admit(Instant::now()) {
+                            Admit::Yes => {}
+                            Admit::Skip => {
+                                count(|m| &m.skipped);
+                                continue;
+                            }
+                            Admit::After(d) => sleep_unless_stopped(d, &stop),
+                        }
                         let job = Job {
                             seq: seq.fetch_add(1, Ordering::Relaxed),
                             ts_ms: now_ms(),
                             frame,
                         };
-                        if tx.send(job).is_err() {
-                            break;
+                        match queue.push(index, job, policy.overflow) {
+                            Pushed::Queued => monitor.admitted(),
+                            // One frame out, one in: nothing changes in flight.
+                            Pushed::Evicted | Pushed::Dropped => count(|m| &m.dropped),
+                            Pushed::Closed => break Ok(()),
                         }
                     }
                     Ok(Next::Wait(d)) => sleep_unless_stopped(d, &stop),
-                    Ok(Next::Done) => break,
+                    Ok(Next::Done) => break Ok(()),
                     Err(e) => {
-                        return Err(PipelineError::Source {
+                        break Err(PipelineError::Source {
                             name: src.name().to_string(),
                             msg: e.to_string(),
                         })
                     }
                 }
-            }
-            Ok(())
+            };
+            queue.producer_done();
+            result
         })?);
     }
-    drop(job_tx);
 
-    // Decode + preprocess workers pull from one shared queue.
-    let job_rx = Arc::new(Mutex::new(job_rx));
+    // Decode + preprocess workers pull from the shared queue; the novelty gates run here.
+    let gates: Arc<Vec<Option<NoveltyGate>>> = Arc::new(
+        (0..source_threads.len())
+            .map(|i| policy_of(i).novelty.map(NoveltyGate::new))
+            .collect(),
+    );
     let mut decode_threads = Vec::new();
     for _ in 0..opts.decode_threads.max(1) {
-        let rx = job_rx.clone();
+        let queue = queue.clone();
         let tx = dec_tx.clone();
         let t = transform.clone();
         let limits = opts.limits;
-        decode_threads.push(spawn("decode", move || loop {
-            let job = {
-                let Ok(guard) = rx.lock() else { break };
-                match guard.recv() {
-                    Ok(j) => j,
-                    Err(_) => break,
+        let gates = gates.clone();
+        decode_threads.push(spawn("decode", move || {
+            while let Some((index, job)) = queue.pop() {
+                let gate = gates.get(index).and_then(Option::as_ref);
+                if tx.send(decode_one(index, job, &t, &limits, gate)).is_err() {
+                    break;
                 }
-            };
-            if tx.send(decode_one(job, &t, &limits)).is_err() {
-                break;
             }
         })?);
     }
@@ -252,6 +326,7 @@ pub fn run<S: Sink + 'static>(
 
     // Encoder: batches of up to B frames, waiting at most `batch_timeout` to fill one.
     let timeout = opts.batch_timeout;
+    let enc_monitor = monitor.clone();
     let encode_thread = spawn("encode", move || {
         let b = encoder.batch_size().max(1);
         let d = encoder.embed_dim();
@@ -277,6 +352,7 @@ pub fn run<S: Sink + 'static>(
                     }
                     // Failed frames skip the encoder but keep their place in the flow.
                     Some(Decoded::Failed(m, f)) => enc_tx.send(Encoded::Failed(m, f)),
+                    Some(Decoded::Skipped(m)) => enc_tx.send(Encoded::Skipped(m)),
                     None => Ok(()),
                 };
                 if sent.is_err() {
@@ -303,6 +379,7 @@ pub fn run<S: Sink + 'static>(
             let result = encoder.encode(&pixels, n);
             encode_time += t0.elapsed();
             batches += 1;
+            enc_monitor.batches.fetch_add(1, Ordering::Relaxed);
             pixels.clear();
             let batch: Vec<Meta> = std::mem::take(&mut metas);
             let msg = match result {
@@ -334,7 +411,9 @@ pub fn run<S: Sink + 'static>(
     // Head + sink on this thread's helper: results, summary counts.
     let keep = opts.keep_embeddings;
     let top_k = opts.top_k.max(1);
+    let head_monitor = monitor.clone();
     let head_thread = spawn("head", move || -> Result<(RunStats, S), String> {
+        let monitor = head_monitor;
         let mut stats = RunStats::default();
         let d = head.dim();
         let emit = |stats: &mut RunStats,
@@ -346,9 +425,18 @@ pub fn run<S: Sink + 'static>(
             stats.frames += 1;
             let latency_us = m.started.elapsed().as_micros() as u64;
             stats.latency_us_total += latency_us;
+            let metrics = monitor.source(m.index);
             let outcome = match outcome {
                 Ok((c, top)) => {
                     stats.classified += 1;
+                    if let Some(sm) = metrics {
+                        sm.classified.fetch_add(1, Ordering::Relaxed);
+                        sm.set_last(LastLabel {
+                            label: c.label.clone(),
+                            score: c.score,
+                            ts_ms: m.ts_ms,
+                        });
+                    }
                     *stats.per_label.entry(c.label.clone()).or_default() += 1;
                     if let Some(truth) = &m.truth {
                         match labels.as_ref().and_then(|ix| ix.lookup(truth)) {
@@ -368,10 +456,14 @@ pub fn run<S: Sink + 'static>(
                 }
                 Err(f) => {
                     stats.failed += 1;
+                    if let Some(sm) = metrics {
+                        sm.failed.fetch_add(1, Ordering::Relaxed);
+                    }
                     *stats.failures.entry(f.kind.clone()).or_default() += 1;
                     Err(f)
                 }
             };
+            monitor.finished();
             sink.accept(FrameResult {
                 seq: m.seq,
                 ts_ms: m.ts_ms,
@@ -386,6 +478,12 @@ pub fn run<S: Sink + 'static>(
         for msg in enc_rx {
             match msg {
                 Encoded::Failed(m, f) => emit(&mut stats, &mut sink, m, Err(f), None)?,
+                Encoded::Skipped(m) => {
+                    if let Some(sm) = monitor.source(m.index) {
+                        sm.skipped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    monitor.finished();
+                }
                 Encoded::Batch(metas, emb) => {
                     for (m, e) in metas.into_iter().zip(emb.chunks_exact(d)) {
                         let p = head.predict(e, top_k.max(5));
@@ -436,6 +534,10 @@ pub fn run<S: Sink + 'static>(
     }
     stats.encode_time = encode_time;
     stats.batches = batches;
+    for m in monitor.sources() {
+        stats.skipped += m.skipped.load(Ordering::Relaxed);
+        stats.dropped += m.dropped.load(Ordering::Relaxed);
+    }
     stats.elapsed = started.elapsed();
     Ok((stats, sink))
 }
@@ -451,7 +553,13 @@ fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
     }
 }
 
-fn decode_one(job: Job, t: &Transform, limits: &DecodeLimits) -> Decoded {
+fn decode_one(
+    index: usize,
+    job: Job,
+    t: &Transform,
+    limits: &DecodeLimits,
+    novelty: Option<&NoveltyGate>,
+) -> Decoded {
     let started = Instant::now();
     let Frame {
         source,
@@ -460,6 +568,7 @@ fn decode_one(job: Job, t: &Transform, limits: &DecodeLimits) -> Decoded {
         truth,
     } = job.frame;
     let meta = Meta {
+        index,
         seq: job.seq,
         ts_ms: job.ts_ms,
         source,
@@ -485,6 +594,7 @@ fn decode_one(job: Job, t: &Transform, limits: &DecodeLimits) -> Decoded {
         },
     };
     match rgb {
+        Ok(rgb) if novelty.is_some_and(|g| !g.is_novel(&rgb)) => Decoded::Skipped(meta),
         Ok(rgb) => {
             let mut out = vec![0f32; t.len()];
             t.apply(&rgb, &mut out);
@@ -501,6 +611,7 @@ fn decode_one(job: Job, t: &Transform, limits: &DecodeLimits) -> Decoded {
 mod tests {
     use super::*;
     use crate::encoder::EncoderError;
+    use std::sync::Mutex;
 
     /// Embeds an image as (mean of channel 0, 1 − that mean): bright → class 0, dark → class 1.
     struct FakeEncoder {
@@ -608,6 +719,7 @@ mod tests {
             top_k: 1,
             limits: DecodeLimits::default(),
             keep_embeddings: true,
+            ..Default::default()
         };
         let (stats, sink) = run(
             vec![Box::new(Frames(frames))],

@@ -34,6 +34,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0002_state_changes",
         sql: include_str!("migrations/0002_state_changes.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_retention",
+        sql: include_str!("migrations/0003_retention.sql"),
+    },
 ];
 
 /// The schema version this build writes and expects.
@@ -187,7 +192,7 @@ mod tests {
             .unwrap();
         }
         let store = Store::open(&path, &StoreOptions::default()).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 2);
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
         assert!(table_names(&store).contains(&"state_changes".to_string()));
         assert_eq!(store.max_frame_id().unwrap(), 1);
     }

@@ -19,9 +19,13 @@
 //! is one, what the user can do about it.
 
 mod format;
+mod health;
+mod maintenance;
 mod migrate;
 mod query;
+mod retention;
 mod timespec;
+mod volume;
 mod writer;
 
 use std::fmt;
@@ -33,15 +37,22 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Tran
 use serde::{Deserialize, Serialize};
 
 pub use format::{csv_field, is_broken_pipe, write_rows, write_stats, write_summary, Format};
+pub use maintenance::{
+    backup, check, vacuum, vacuum_space, BackupReport, CheckReport, VacuumReport,
+};
 pub use migrate::SCHEMA_VERSION;
 pub use query::{Bucket, FrameFilter, FrameRow, LabelCount, StatRow, Summary};
+pub use retention::{PruneReport, Retention};
 pub use timespec::{format_ts_ms, now_ms, parse_time_spec, TimeSpecError};
-pub use writer::{BatchWriter, WriteOp, WriterSummary};
+pub use volume::{available_bytes, network_fs_name, network_fs_of};
+pub use writer::{
+    BatchWriter, ProgressSnapshot, WriteOp, WriterHandle, WriterProgress, WriterSummary,
+};
 
 /// How long a connection waits for another connection's lock before failing
 /// with "database is locked". Checkpoints and migrations briefly take
 /// exclusive locks; five seconds covers them on slow SD cards.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Upper bound, in bytes, that the WAL file is truncated back to after a
 /// checkpoint, so a burst of writes does not leave a large file behind on a
@@ -153,6 +164,53 @@ pub enum StoreError {
         what: String,
         reason: String,
     },
+
+    #[error(
+        "database {} is on a network file system ({fs}), where SQLite's locking and WAL are unreliable: \
+         move it to a local disk (store.path) or set store.allow_network_fs = true",
+        path.display()
+    )]
+    NetworkFs { path: PathBuf, fs: &'static str },
+
+    #[error(
+        "database {} is damaged and could not be moved aside to {}: {cause}; move it away by hand (or restore a backup)",
+        path.display(),
+        dest.display()
+    )]
+    MoveAside {
+        path: PathBuf,
+        dest: PathBuf,
+        cause: std::io::Error,
+    },
+
+    #[error(
+        "database {}: backup to {} failed: {cause}",
+        path.display(),
+        dest.display()
+    )]
+    Backup {
+        path: PathBuf,
+        dest: PathBuf,
+        cause: String,
+    },
+
+    #[error(
+        "database {}: auto_vacuum is off, so there are no free pages to release incrementally: \
+         run `clipd db vacuum` without --incremental once to switch it on",
+        path.display()
+    )]
+    NotIncremental { path: PathBuf },
+
+    #[error(
+        "database {} is damaged ({problems} problems; first: {first}): restore it from a backup, \
+         or move it aside and let the daemon start a fresh one",
+        path.display()
+    )]
+    Damaged {
+        path: PathBuf,
+        problems: usize,
+        first: String,
+    },
 }
 
 impl StoreError {
@@ -171,7 +229,12 @@ impl StoreError {
             | StoreError::DiskFull { path, .. }
             | StoreError::Sqlite { path, .. }
             | StoreError::InvalidData { path, .. }
-            | StoreError::InvalidRecord { path, .. } => path,
+            | StoreError::InvalidRecord { path, .. }
+            | StoreError::NetworkFs { path, .. }
+            | StoreError::MoveAside { path, .. }
+            | StoreError::Backup { path, .. }
+            | StoreError::NotIncremental { path }
+            | StoreError::Damaged { path, .. } => path,
         }
     }
 
@@ -179,6 +242,19 @@ impl StoreError {
     /// keep running and retry later instead of treating it as fatal.
     pub fn is_disk_full(&self) -> bool {
         matches!(self, StoreError::DiskFull { .. })
+    }
+
+    /// True when SQLite found the file damaged: retrying cannot help, and
+    /// the next start's `quick_check` moves the file aside.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, StoreError::NotADatabase { .. })
+            || self.sqlite_code() == Some(ErrorCode::DatabaseCorrupt)
+    }
+
+    /// True for a constraint violation: the rows, not the database, are at
+    /// fault (a duplicate frame id from a second writer, say).
+    pub fn is_constraint(&self) -> bool {
+        self.sqlite_code() == Some(ErrorCode::ConstraintViolation)
     }
 
     /// Wraps a rusqlite error, lifting the cases a user acts on differently
@@ -279,7 +355,9 @@ impl FromStr for Synchronous {
     }
 }
 
-/// How the writer commits. Shared by the daemon config and [`Store::open`].
+/// How the database is opened and how the writer commits and prunes.
+/// The daemon builds it from its config with [`StoreOptions::from_config`];
+/// the defaults suit one-off tools (no retention, no moving files aside).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreOptions {
     /// Commit once this many frames are pending (0 is treated as 1).
@@ -288,6 +366,21 @@ pub struct StoreOptions {
     /// arrived, so a quiet camera's frames still reach the disk.
     pub batch_ms: u64,
     pub synchronous: Synchronous,
+    /// What the writer thread deletes, and how often it looks.
+    pub retention: Retention,
+    /// Run `PRAGMA quick_check` when opening an existing file and move a
+    /// damaged one aside, starting a fresh history (the daemon's choice: a
+    /// tool should not move files).
+    pub quick_check: bool,
+    /// Open a database on NFS/CIFS/SMB anyway (with a warning).
+    pub allow_network_fs: bool,
+    /// Frames the writer holds in memory while commits fail (a full disk);
+    /// beyond it the oldest are dropped and counted. 0 means 16 × `batch_rows`.
+    pub max_pending_rows: usize,
+    /// For tests and fault injection only: cap the database at this many
+    /// pages (`PRAGMA max_page_count`), so writes fail with a genuine
+    /// SQLITE_FULL as on a full volume.
+    pub max_page_count: Option<u64>,
 }
 
 impl Default for StoreOptions {
@@ -296,6 +389,47 @@ impl Default for StoreOptions {
             batch_rows: 64,
             batch_ms: 1000,
             synchronous: Synchronous::Normal,
+            retention: Retention::default(),
+            quick_check: false,
+            allow_network_fs: false,
+            max_pending_rows: 0,
+            max_page_count: None,
+        }
+    }
+}
+
+impl StoreOptions {
+    /// The options the daemon runs with, from its `[store]` table.
+    pub fn from_config(c: &crate::config::StoreConfig) -> StoreOptions {
+        const DAY_SECS: f64 = 86_400.0;
+        StoreOptions {
+            batch_rows: c.commit_rows,
+            batch_ms: c.commit_ms,
+            synchronous: c.synchronous,
+            retention: Retention {
+                // Validated positive; a value too large for a Duration is
+                // no limit at all.
+                max_age: c
+                    .retention_days
+                    .and_then(|d| Duration::try_from_secs_f64(d * DAY_SECS).ok()),
+                max_rows: c.max_rows,
+                // `as` saturates: an absurdly large limit is no limit.
+                max_bytes: c.max_size_mb.map(|mb| (mb * 1024.0 * 1024.0) as u64),
+                every: Duration::from_secs(c.retention_every_secs),
+                batch: c.prune_batch,
+            },
+            quick_check: c.quick_check,
+            allow_network_fs: c.allow_network_fs,
+            max_pending_rows: 0,
+            max_page_count: None,
+        }
+    }
+
+    /// Frames held while commits fail; see [`StoreOptions::max_pending_rows`].
+    pub fn pending_limit(&self) -> usize {
+        match self.max_pending_rows {
+            0 => self.batch_rows.max(1).saturating_mul(16),
+            n => n,
         }
     }
 }
@@ -482,6 +616,13 @@ impl Store {
     /// Opens (creating if needed) the database for writing and migrates it to
     /// [`SCHEMA_VERSION`].
     ///
+    /// On the way: a database on a network file system is refused (unless
+    /// [`StoreOptions::allow_network_fs`]); with [`StoreOptions::quick_check`]
+    /// an existing file is checked and, if damaged, moved aside for a fresh
+    /// one; an existing schema is backed up to `<db>.pre-v<N>.bak` before it
+    /// is migrated; and an older file without incremental auto-vacuum is
+    /// converted (see `health.rs`).
+    ///
     /// If the file did not exist and opening fails, the new file is removed
     /// again, so a failed start leaves no half-made database behind.
     pub fn open(path: impl AsRef<Path>, options: &StoreOptions) -> Result<Store, StoreError> {
@@ -490,6 +631,10 @@ impl Store {
             return Err(StoreError::IsDirectory {
                 path: path.to_path_buf(),
             });
+        }
+        health::check_local_fs(path, options.allow_network_fs)?;
+        if options.quick_check && path.exists() {
+            health::quick_check_or_move_aside(path)?;
         }
         let existed = path.exists();
         let result = Store::open_rw(path, options);
@@ -516,6 +661,10 @@ impl Store {
             })?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .ctx(path, "setting the busy timeout")?;
+        // Takes effect on a new file (before its first table); on an older
+        // one only through the VACUUM in `ensure_incremental_vacuum`.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .ctx(path, "setting auto_vacuum")?;
         let mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
             .ctx(path, "enabling WAL mode")?;
@@ -531,7 +680,17 @@ impl Store {
             .ctx(path, "enabling foreign keys")?;
         conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)
             .ctx(path, "setting journal_size_limit")?;
+        if let Some(pages) = options.max_page_count {
+            let pages = i64::try_from(pages).unwrap_or(i64::MAX);
+            conn.pragma_update(None, "max_page_count", pages)
+                .ctx(path, "setting max_page_count")?;
+        }
+        let found = migrate::read_version(&conn, path)?;
+        if found > 0 && found < SCHEMA_VERSION {
+            health::backup_before_migration(&conn, path, found)?;
+        }
         migrate::migrate(&mut conn, path)?;
+        health::ensure_incremental_vacuum(&conn, path);
         Ok(Store {
             conn,
             path: path.to_path_buf(),
@@ -543,23 +702,13 @@ impl Store {
     /// while the daemon writes to it. In WAL mode this never blocks the
     /// writer. A missing file is an error: a query must not create an empty
     /// database where the user expected their history.
+    ///
+    /// The connection waits up to five seconds for a lock (the writer's
+    /// checkpoints and retention steps take one only briefly), so a query
+    /// during writes does not fail with "database is locked".
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Store, StoreError> {
         let path = path.as_ref();
-        match std::fs::metadata(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::Missing {
-                    path: path.to_path_buf(),
-                })
-            }
-            Ok(m) if m.is_dir() => {
-                return Err(StoreError::IsDirectory {
-                    path: path.to_path_buf(),
-                })
-            }
-            // Anything else (permissions) is left to SQLite,
-            // whose error is then reported with a hint.
-            _ => {}
-        }
+        existing_file(path)?;
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(|cause| StoreError::Open {
             path: path.to_path_buf(),
@@ -573,6 +722,19 @@ impl Store {
             path: path.to_path_buf(),
             options: StoreOptions::default(),
         })
+    }
+
+    /// The rowid of the last row this connection inserted.
+    pub(crate) fn last_insert_rowid(&self) -> i64 {
+        self.conn.last_insert_rowid()
+    }
+
+    /// Gathers statistics for the query planner (cheap when nothing
+    /// changed); SQLite recommends it before closing a long-lived connection.
+    pub fn optimize(&self) -> Result<(), StoreError> {
+        self.conn
+            .execute_batch("PRAGMA optimize")
+            .ctx(&self.path, "optimizing")
     }
 
     /// The database file.
@@ -1009,6 +1171,22 @@ impl Store {
     }
 }
 
+/// Fails unless `path` exists and is not a directory: reading must never
+/// create an empty database where the user expected their history.
+pub(crate) fn existing_file(path: &Path) -> Result<(), StoreError> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::Missing {
+            path: path.to_path_buf(),
+        }),
+        Ok(m) if m.is_dir() => Err(StoreError::IsDirectory {
+            path: path.to_path_buf(),
+        }),
+        // Anything else (permissions) is left to SQLite, whose error is then
+        // reported with a hint.
+        _ => Ok(()),
+    }
+}
+
 /// f32 → f16, little-endian, as stored in `frames.embedding`.
 fn f16_le_bytes(v: &[f32]) -> Vec<u8> {
     v.iter()
@@ -1419,6 +1597,35 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn daemon_options_follow_the_store_config() {
+        let c = crate::config::StoreConfig {
+            retention_days: Some(1.5),
+            max_rows: Some(10),
+            max_size_mb: Some(2.0),
+            commit_rows: 8,
+            ..crate::config::StoreConfig::default()
+        };
+        let o = StoreOptions::from_config(&c);
+        assert_eq!(o.retention.max_age, Some(Duration::from_secs(129_600)));
+        assert_eq!(o.retention.max_rows, Some(10));
+        assert_eq!(o.retention.max_bytes, Some(2 * 1024 * 1024));
+        assert_eq!(
+            o.retention.every,
+            Duration::from_secs(c.retention_every_secs)
+        );
+        assert_eq!(o.retention.batch, c.prune_batch);
+        assert_eq!((o.quick_check, o.allow_network_fs), (true, false));
+        assert_eq!(o.pending_limit(), 128, "16 commits' worth");
+        assert!(o.retention.is_enabled());
+        let plain = StoreOptions::from_config(&crate::config::StoreConfig::default());
+        assert!(!plain.retention.is_enabled());
+        assert!(
+            !StoreOptions::default().quick_check,
+            "tools never move files"
+        );
+    }
+
+    #[test]
     fn errors_name_the_path() {
         let e = StoreError::SchemaTooNew {
             path: "/x/y.db".into(),
@@ -1430,6 +1637,43 @@ pub(crate) mod tests {
             "database /x/y.db is newer (schema 3) than this clipd (schema 1): upgrade clipd"
         );
         assert_eq!(e.path(), Path::new("/x/y.db"));
+    }
+
+    #[test]
+    fn database_life_errors_are_one_line_with_the_fix() {
+        let path = PathBuf::from("/srv/clipd/h.db");
+        let errors = [
+            StoreError::NetworkFs {
+                path: path.clone(),
+                fs: "nfs",
+            },
+            StoreError::MoveAside {
+                path: path.clone(),
+                dest: "/srv/clipd/h.db.corrupt-20240501T120000Z".into(),
+                cause: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            },
+            StoreError::NotIncremental { path: path.clone() },
+            StoreError::Damaged {
+                path: path.clone(),
+                problems: 2,
+                first: "Tree 2 page 7: btreeInitPage() returns error code 11".into(),
+            },
+        ];
+        let fixes = [
+            "store.allow_network_fs",
+            "by hand",
+            "without --incremental",
+            "restore it from a backup",
+        ];
+        for (e, fix) in errors.iter().zip(fixes) {
+            let msg = e.to_string();
+            assert!(!msg.contains('\n'), "{msg}");
+            assert!(
+                msg.contains("/srv/clipd/h.db") && msg.contains(fix),
+                "{msg}"
+            );
+            assert_eq!(e.path(), path);
+        }
     }
 
     #[test]
