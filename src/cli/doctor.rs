@@ -155,17 +155,20 @@ pub fn doctor(args: DoctorArgs) -> Result<ExitCode> {
             Status::Info("not checked: the config did not load".into()),
         );
     } else {
-        let db = match &config {
-            Some(l) => l.resolve(&l.config.store.path),
-            None => PathBuf::from("clipd.db"),
+        let (db, allow_network_fs) = match &config {
+            Some(l) => (
+                l.resolve(&l.config.store.path),
+                l.config.store.allow_network_fs,
+            ),
+            None => (PathBuf::from("clipd.db"), false),
         };
         report.line(
             "database",
-            match check_database(&db) {
+            match check_database(&db, allow_network_fs) {
                 Ok(msg) => Status::Ok(msg),
                 Err(error) => Status::Fail {
                     error,
-                    fix: "restore it from a backup (`clipd db backup` makes one) or move it aside; the daemon starts a fresh one",
+                    fix: "restore a backup (`clipd db backup` makes them) or move the file aside for a fresh one; keep it on a local disk (or set store.allow_network_fs)",
                 },
             },
         );
@@ -230,8 +233,17 @@ fn check_adapter(path: &Path, bundle: &Bundle, config: Option<&Loaded>) -> Resul
 }
 
 /// The database opens read-only with a clipd schema and passes `PRAGMA quick_check`; a missing
-/// file is fine (the daemon creates it).
-fn check_database(path: &Path) -> Result<String> {
+/// file is fine (the daemon creates it). A network file system fails the check unless the
+/// config allows it, as the daemon refuses it.
+fn check_database(path: &Path, allow_network_fs: bool) -> Result<String> {
+    if let Some(fs) = clipd::store::network_fs_of(path) {
+        if !allow_network_fs {
+            return Err(as_io(anyhow::anyhow!(
+                "database {} is on a network file system ({fs}), where SQLite's locking is unreliable",
+                path.display()
+            )));
+        }
+    }
     if !path.exists() {
         return Ok(format!(
             "{}: does not exist yet (`clipd run` creates it)",
