@@ -4,6 +4,7 @@
 pub mod camera;
 pub mod convert;
 mod files;
+pub mod supervisor;
 
 pub use convert::{PixelFormat, RawFrame};
 pub use files::{DirSource, FileListSource};
