@@ -612,6 +612,21 @@ fn now_ms() -> i64 {
 /// or a SIGTERM/SIGINT stops it. SIGHUP reloads the config file (and the adapter and bundle it
 /// names); a config that fails to load is logged and the running one stays.
 pub fn execute(cfg: Loaded, ov: Overrides, once: bool) -> Result<ExitCode> {
+    if once {
+        if let Some(i) = cfg
+            .config
+            .sources
+            .iter()
+            .position(|s| s.kind == clipd::config::SourceKind::Camera)
+        {
+            return Err(UsageError(format!(
+                "{}: sources[{i}]: a camera never runs out of frames, so --once would never end; \
+                 run without --once (SIGTERM stops it) or use a dir/file/glob source",
+                cfg.file.display()
+            ))
+            .into());
+        }
+    }
     let signals = Signals::listen()?;
     let notifier = Notifier::from_env();
     // A large model can take a while to load on a small board.
