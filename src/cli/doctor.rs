@@ -18,7 +18,7 @@ use clipd::classes::ClassSpec;
 use clipd::config::{Loaded, SourceKind};
 use clipd::encoder::{EncoderOptions, TractImageEncoder, TractTextEncoder};
 use clipd::source::SourceError;
-use clipd::store::Store;
+use clipd::store::SCHEMA_VERSION;
 use clipd::tokenizer::ClipTokenizer;
 
 use super::{adapter_path, bundle_dir, exit_code, one_line};
@@ -250,15 +250,23 @@ fn check_database(path: &Path, allow_network_fs: bool) -> Result<String> {
             path.display()
         ));
     }
-    let store = Store::open_read_only(path)?;
-    let version = store.schema_version()?;
-    drop(store);
     let conn = rusqlite::Connection::open_with_flags(
         path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .with_context(|| format!("cannot open database {}", path.display()))
     .map_err(as_io)?;
+    let version: u32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| anyhow::anyhow!("database {} is not a SQLite database ({e})", path.display()))
+        .map_err(as_io)?;
+    if version > SCHEMA_VERSION {
+        return Err(as_io(anyhow::anyhow!(
+            "database {} has schema {version}, newer than this clipd's {SCHEMA_VERSION}: \
+             it was written by a newer clipd",
+            path.display()
+        )));
+    }
     let problems: Vec<String> = conn
         .prepare("PRAGMA quick_check")
         .and_then(|mut st| {
@@ -275,8 +283,13 @@ fn check_database(path: &Path, allow_network_fs: bool) -> Result<String> {
         )));
     }
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let upgrade = if version < SCHEMA_VERSION {
+        format!(" (the daemon migrates it to {SCHEMA_VERSION} at its next start, after a backup)")
+    } else {
+        String::new()
+    };
     Ok(format!(
-        "{}: schema {version}, quick_check ok, {:.1} MiB",
+        "{}: schema {version}{upgrade}, quick_check ok, {:.1} MiB",
         path.display(),
         size as f64 / (1024.0 * 1024.0)
     ))
