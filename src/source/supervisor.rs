@@ -1021,6 +1021,10 @@ mod tests {
             err.starts_with("/dev/fake0: 2 capture thread(s) stuck inside the camera driver"),
             "{err}"
         );
+        // The capture thread reports the failure event just after publishing the error.
+        wait_until("the failure was reported", || {
+            r.events().last().map(String::as_str) == Some("failed")
+        });
         assert_eq!(
             r.events(),
             [
