@@ -155,8 +155,20 @@ fn integrity_ro(db: &Path) -> String {
     c.query_row("PRAGMA quick_check", [], |r| r.get(0)).unwrap()
 }
 
+/// Every frame id, in order; none before the first start has committed its schema (a kill
+/// during the first migration leaves an empty database, which the next start migrates).
 fn frame_ids(db: &Path) -> Vec<i64> {
     let c = open(db);
+    let has_frames: bool = c
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'frames'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    if !has_frames {
+        return Vec::new();
+    }
     let mut st = c.prepare("SELECT id FROM frames ORDER BY id").unwrap();
     st.query_map([], |r| r.get(0))
         .unwrap()
