@@ -455,3 +455,42 @@ fn a_full_disk_is_logged_survived_and_loses_no_committed_row() {
     assert_eq!(ids.len() as i64, last, "no holes, nothing reported lost");
     assert!(last >= 40, "{last}");
 }
+
+#[test]
+fn status_reports_the_refiners_passes_while_running() {
+    let tmp = tempfile::tempdir().unwrap();
+    let frames = frames(tmp.path(), 24);
+    let db = tmp.path().join("h.db");
+    let cfg = write_config(
+        tmp.path(),
+        &frames,
+        &db,
+        "[daemon]\nstatus_interval_secs = 0.2\n\n[refine]\nevery_frames = 8\nevery_secs = 0.5\n",
+    );
+    let d = Daemon::start(&cfg, &[]);
+    d.wait_for("through id 24", Duration::from_secs(60));
+    let status_file = tmp.path().join("h.db.status.json");
+    let t0 = Instant::now();
+    loop {
+        let o = clipd()
+            .args(["status", "--format", "json", "--status-file"])
+            .arg(&status_file)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        let refiner = &v["status"]["refiner"];
+        if refiner["passes"].as_u64().unwrap_or(0) >= 1 {
+            assert!(refiner["last_ms"].is_u64(), "{v}");
+            assert!(refiner["last_changed"].is_u64(), "{v}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no refiner pass in the status: {v}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    d.signal(libc::SIGTERM);
+    let (code, lines) = d.finish(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{}", lines.join("\n"));
+}

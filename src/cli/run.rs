@@ -16,14 +16,14 @@ use clipd::classes::ClassSpec;
 use clipd::config::Loaded;
 use clipd::daemon::notify::Notifier;
 use clipd::daemon::signals::{Signal, Signals};
-use clipd::daemon::status::{self, RateMeter, SourceStatus, StatusReport};
+use clipd::daemon::status::{self, RateMeter, RefinerStatus, SourceStatus, StatusReport};
 use clipd::encoder::EncoderOptions;
 use clipd::engine::Engine;
 use clipd::head::Classifier;
 use clipd::pipeline::{self, FramePolicy, FrameResult, Monitor, PipelineOptions, RunStats, Sink};
 use clipd::preprocess::Transform;
 use clipd::refiner::{
-    self, BufferedFrame, RefineConfig, RefineContext, RefinerHandle, RefinerStats,
+    self, BufferedFrame, RefineConfig, RefineContext, RefinerHandle, RefinerMonitor, RefinerStats,
 };
 use clipd::source::{self, FrameSource};
 use clipd::store::{
@@ -232,6 +232,8 @@ struct Generation {
     monitor: Arc<Monitor>,
     /// The store writer's counters, once the database is open.
     store: Arc<OnceLock<Arc<WriterProgress>>>,
+    /// The refiner's progress, once it runs.
+    refiner: Arc<OnceLock<RefinerMonitor>>,
     thread: std::thread::JoinHandle<Result<Finished>>,
 }
 
@@ -250,16 +252,23 @@ impl Generation {
         let monitor = Monitor::new(&names);
         let stop = Arc::new(AtomicBool::new(false));
         let store = Arc::new(OnceLock::new());
+        let refiner = Arc::new(OnceLock::new());
         let thread = {
-            let (stop, monitor, store) = (stop.clone(), monitor.clone(), store.clone());
+            let live = Live {
+                monitor: monitor.clone(),
+                store: store.clone(),
+                refiner: refiner.clone(),
+            };
+            let stop = stop.clone();
             std::thread::Builder::new()
                 .name("clipd-run".into())
-                .spawn(move || serve(p, sources, monitor, store, stop))?
+                .spawn(move || serve(p, sources, live, stop))?
         };
         Ok(Generation {
             stop,
             monitor,
             store,
+            refiner,
             thread,
         })
     }
@@ -275,14 +284,25 @@ impl Generation {
     }
 }
 
+/// Where a generation publishes its live counters for the control loop.
+struct Live {
+    monitor: Arc<Monitor>,
+    store: Arc<OnceLock<Arc<WriterProgress>>>,
+    refiner: Arc<OnceLock<RefinerMonitor>>,
+}
+
 /// Open the database and run the pipeline until the sources end or `stop` is set.
 fn serve(
     p: Prepared,
     sources: Vec<Box<dyn FrameSource>>,
-    monitor: Arc<Monitor>,
-    store_progress: Arc<OnceLock<Arc<WriterProgress>>>,
+    live: Live,
     stop: Arc<AtomicBool>,
 ) -> Result<Finished> {
+    let Live {
+        monitor,
+        store: store_progress,
+        refiner: refiner_live,
+    } = live;
     let Prepared {
         cfg,
         engine,
@@ -320,6 +340,7 @@ fn serve(
                 .map(|(i, l)| (l.clone(), i))
                 .collect();
             let (handle, refiner) = refiner::spawn(rc, ctx, tx.clone())?;
+            let _ = refiner_live.set(refiner.live());
             Some((handle, index, refiner))
         }
         None => None,
@@ -461,7 +482,12 @@ impl Reporter {
         self.last_status = None;
     }
 
-    fn tick(&mut self, monitor: &Monitor, store: Option<&Arc<WriterProgress>>) {
+    fn tick(
+        &mut self,
+        monitor: &Monitor,
+        store: Option<&Arc<WriterProgress>>,
+        refiner: Option<&RefinerMonitor>,
+    ) {
         let now = Instant::now();
         // Watchdog: fed only while the inference loop makes progress (or has nothing to do).
         if let Some(every) = self.notifier.watchdog_interval() {
@@ -501,7 +527,7 @@ impl Reporter {
         }
         if self.last_status.is_none_or(|t| now - t >= self.interval) {
             self.last_status = Some(now);
-            let report = self.snapshot(monitor, store, now);
+            let report = self.snapshot(monitor, store, refiner, now);
             self.notifier.status(&status_line(&report, self.ready));
             match report.write_atomic(&self.status_path) {
                 Ok(()) => self.status_failed = false,
@@ -518,8 +544,10 @@ impl Reporter {
         &mut self,
         monitor: &Monitor,
         store: Option<&Arc<WriterProgress>>,
+        refiner: Option<&RefinerMonitor>,
         now: Instant,
     ) -> StatusReport {
+        let refined = refiner.map(RefinerMonitor::snapshot);
         let mut r = self.base.clone();
         r.updated_ms = now_ms();
         r.sources = monitor
@@ -554,10 +582,20 @@ impl Reporter {
                     last_label: last.as_ref().map(|l| l.label.clone()),
                     last_score: last.as_ref().map(|l| l.score),
                     last_ts_ms: last.as_ref().map(|l| l.ts_ms),
-                    state: None,
+                    state: refined
+                        .as_ref()
+                        .and_then(|l| l.states.get(&m.name).cloned()),
                 }
             })
             .collect();
+        r.refiner = refined.map(|l| RefinerStatus {
+            passes: l.stats.passes,
+            guarded: l.stats.guarded,
+            failed: l.stats.failed,
+            last_ms: l.last_duration.map(|d| d.as_millis() as u64),
+            last_ts_ms: l.last_ts_ms,
+            last_changed: l.last_changed,
+        });
         r.db.bytes = file_size(&r.db_path) + file_size(&wal_path(&r.db_path));
         if let Some(p) = store.map(|p| p.snapshot()) {
             r.db.rows_committed = p.rows_committed;
@@ -722,7 +760,7 @@ pub fn execute(cfg: Loaded, ov: Overrides, once: bool) -> Result<ExitCode> {
         if gen.is_finished() {
             break gen.join();
         }
-        reporter.tick(&gen.monitor, gen.store.get());
+        reporter.tick(&gen.monitor, gen.store.get(), gen.refiner.get());
     };
     let f = finished?;
     print_summary(

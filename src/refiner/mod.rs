@@ -262,6 +262,19 @@ struct Shared {
     buffer: Mutex<RingBuffer>,
     wake: Condvar,
     stop: Mutex<bool>,
+    live: Mutex<RefinerLive>,
+}
+
+/// What the refiner has done so far, for the daemon's status report.
+#[derive(Debug, Default, Clone)]
+pub struct RefinerLive {
+    pub stats: RefinerStats,
+    /// The last pass: its duration, when it ended (UTC ms) and how many labels it changed.
+    pub last_duration: Option<Duration>,
+    pub last_ts_ms: Option<i64>,
+    pub last_changed: Option<u64>,
+    /// Each source's smoothed state.
+    pub states: std::collections::BTreeMap<String, String>,
 }
 
 /// The head thread's handle: push frames, then `finish` to run a last pass and stop.
@@ -298,6 +311,7 @@ pub fn spawn(
         buffer: Mutex::new(RingBuffer::new(cfg.buffer)),
         wake: Condvar::new(),
         stop: Mutex::new(false),
+        live: Mutex::new(RefinerLive::default()),
     });
     let every_frames = cfg.every_frames.max(1);
     let every = Duration::from_secs_f64(cfg.every_secs.max(0.01));
@@ -358,12 +372,26 @@ pub fn spawn(
                                 &mut smoother,
                             );
                             stats.state_changes += record.state_changes.len() as u64;
+                            if let Ok(mut live) = s.live.lock() {
+                                live.stats = stats.clone();
+                                live.last_duration = Some(pass.duration);
+                                live.last_ts_ms = Some(record.ts_ms);
+                                live.last_changed = Some(pass.changed as u64);
+                                for f in &frames {
+                                    if let Some(state) = smoother.state(&f.source) {
+                                        live.states.insert(f.source.clone(), state.to_string());
+                                    }
+                                }
+                            }
                             if writer.send(WriteOp::Refine(Box::new(record))).is_err() {
                                 break;
                             }
                         }
                         Err(e) => {
                             stats.failed += 1;
+                            if let Ok(mut live) = s.live.lock() {
+                                live.stats = stats.clone();
+                            }
                             log::warn!("refinement of {} frames failed: {e}", frames.len());
                         }
                     }
@@ -450,6 +478,16 @@ pub struct RefinerStats {
     pub total: Duration,
 }
 
+/// Reads the refiner's progress without touching its thread.
+#[derive(Clone)]
+pub struct RefinerMonitor(Arc<Shared>);
+
+impl RefinerMonitor {
+    pub fn snapshot(&self) -> RefinerLive {
+        self.0.live.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
 /// Owner of the refiner thread.
 pub struct Refiner {
     shared: Arc<Shared>,
@@ -457,6 +495,11 @@ pub struct Refiner {
 }
 
 impl Refiner {
+    /// A handle on the refiner's progress that outlives it (for status reports).
+    pub fn live(&self) -> RefinerMonitor {
+        RefinerMonitor(self.shared.clone())
+    }
+
     /// Refine what is left, stop, and return the statistics.
     pub fn finish(mut self) -> RefinerStats {
         if let Ok(mut s) = self.shared.stop.lock() {
