@@ -60,9 +60,11 @@ pub fn ensure_library(configured: Option<&Path>) -> Result<OrtLibrary, EncoderEr
             "the path is not valid UTF-8; rename or link the library",
         ));
     };
+    // No custom logger: ort 2.0.0-rc.10 hands ONNX Runtime a pointer into the builder it then
+    // moves, so the first log call would read freed memory. ONNX Runtime's own sink prints
+    // errors only (ORT_LOG=warning|info|verbose raises it).
     ::ort::init_from(path_str)
         .with_name("clipd")
-        .with_logger(Box::new(forward_log))
         .commit()
         .map_err(|e| {
             lib_err(
@@ -160,18 +162,6 @@ pub fn check_version(found: &str, minor: u32) -> Result<(), String> {
             "reports version {found:?}, which is not a version number: {needed}"
         )),
     }
-}
-
-/// ONNX Runtime's own messages go to the `log` facade, so they share clipd's format and level.
-fn forward_log(level: ::ort::logging::LogLevel, _category: &str, _id: &str, _at: &str, msg: &str) {
-    use ::ort::logging::LogLevel;
-    let level = match level {
-        LogLevel::Fatal | LogLevel::Error => log::Level::Error,
-        LogLevel::Warning => log::Level::Warn,
-        LogLevel::Info => log::Level::Debug,
-        LogLevel::Verbose => log::Level::Trace,
-    };
-    log::log!(target: "onnxruntime", level, "{}", msg.trim_end());
 }
 
 /// Library and runtime messages can span lines; errors are printed on one.
