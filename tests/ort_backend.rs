@@ -341,3 +341,64 @@ fn classify_with_a_bad_library_fails_in_one_line_with_exit_3() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// A stand-in library exporting only `OrtGetApiBase`, reporting `version` and providing no API
+/// table, built with the system C compiler.
+fn fake_onnxruntime(dir: &Path, version: &str) -> PathBuf {
+    let src = dir.join(format!("fake-{version}.c"));
+    let lib = dir.join(format!("fake-{version}/libonnxruntime.so"));
+    std::fs::create_dir_all(lib.parent().unwrap()).unwrap();
+    std::fs::write(
+        &src,
+        format!(
+            "#include <stddef.h>\n\
+             typedef struct {{ const void *(*GetApi)(unsigned); const char *(*GetVersionString)(void); }} OrtApiBase;\n\
+             static const void *get_api(unsigned v) {{ (void)v; return NULL; }}\n\
+             static const char *version(void) {{ return \"{version}\"; }}\n\
+             static const OrtApiBase base = {{ get_api, version }};\n\
+             const OrtApiBase *OrtGetApiBase(void) {{ return &base; }}\n"
+        ),
+    )
+    .unwrap();
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let status = Command::new(&cc)
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .status()
+        .unwrap_or_else(|e| panic!("{cc}: {e} (a C compiler builds the stand-in library)"));
+    assert!(status.success(), "{cc} failed");
+    lib
+}
+
+#[test]
+fn classify_refuses_a_too_old_library_before_any_session() {
+    let tmp = tempfile::tempdir().unwrap();
+    let frames = &some_frames()[..1];
+    let old = fake_onnxruntime(tmp.path(), "1.16.3");
+    // A version new enough on paper whose library lacks the API table is refused too.
+    let hollow = fake_onnxruntime(tmp.path(), "1.99.0");
+    for (lib, needle) in [
+        (
+            &old,
+            format!(
+                "{}: ONNX Runtime library: version 1.16.3 is too old: clipd needs ONNX Runtime 1.{REQUIRED_MINOR_VERSION} or newer",
+                old.display()
+            ),
+        ),
+        (
+            &hollow,
+            format!(
+                "{}: ONNX Runtime library: ONNX Runtime 1.99.0 does not provide C API version {REQUIRED_MINOR_VERSION}",
+                hollow.display()
+            ),
+        ),
+    ] {
+        let cfg = engine_config(tmp.path(), &format!("backend = \"ort\"\nort_library = {lib:?}"));
+        let o = classify(&cfg, frames, false);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(3), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+        assert!(err.contains(&needle), "{needle:?} not in: {err}");
+    }
+}

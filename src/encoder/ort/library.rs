@@ -39,6 +39,9 @@ fn lib_err(path: &Path, msg: impl Into<String>) -> EncoderError {
 /// before every session is created; after the first success it only compares paths.
 pub fn ensure_library(configured: Option<&Path>) -> Result<OrtLibrary, EncoderError> {
     let path = choose_path(configured, std::env::var_os("ORT_DYLIB_PATH"))?;
+    // ort resolves a relative path against the executable's directory first; make it absolute
+    // so the file ort opens is the file checked here.
+    let path = std::path::absolute(&path).unwrap_or(path);
     // A panic elsewhere while holding the lock leaves the record intact: keep using it.
     let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(lib) = loaded.as_ref() {
