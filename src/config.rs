@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::encoder::{Backend, BackendKind, ExecutionProvider, OrtSettings};
 use crate::preprocess::DecodeLimits;
 pub use crate::store::Synchronous;
 
@@ -92,6 +93,13 @@ pub struct EngineConfig {
     pub batch_timeout_ms: u64,
     /// Capacity of each bounded queue between pipeline stages.
     pub queue: usize,
+    /// Runtime for the encoders: `tract` (built in) or `ort` (ONNX Runtime, feature `ort`).
+    pub backend: BackendKind,
+    /// `ort`: execution providers to try, best first; ONNX Runtime's CPU kernels stay the
+    /// fallback for whatever they cannot run.
+    pub execution_providers: Vec<ExecutionProvider>,
+    /// `ort`: the libonnxruntime shared library (default: `ORT_DYLIB_PATH`).
+    pub ort_library: Option<PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -102,6 +110,29 @@ impl Default for EngineConfig {
             decode_threads: 1,
             batch_timeout_ms: 50,
             queue: 32,
+            backend: BackendKind::Tract,
+            execution_providers: vec![ExecutionProvider::Cpu],
+            ort_library: None,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The backend to load encoders on, with `ort_library` resolved against `base` (the config
+    /// file's directory), as every other path in the file is.
+    pub fn backend(&self, base: &Path) -> Backend {
+        match self.backend {
+            BackendKind::Tract => Backend::Tract,
+            BackendKind::Ort => Backend::Ort(OrtSettings {
+                library: self.ort_library.as_ref().map(|p| {
+                    if p.is_absolute() {
+                        p.clone()
+                    } else {
+                        normalize(&base.join(p))
+                    }
+                }),
+                providers: self.execution_providers.clone(),
+            }),
         }
     }
 }
@@ -485,6 +516,33 @@ pub fn validate(c: &Config) -> Result<(), (String, String)> {
     }
     if e.batch > 256 {
         return err("engine.batch".into(), "must be at most 256");
+    }
+    #[cfg(not(feature = "ort"))]
+    if e.backend == BackendKind::Ort {
+        return err(
+            "engine.backend".into(),
+            "\"ort\" needs clipd built with ONNX Runtime support (cargo build --release --features ort); use \"tract\" otherwise",
+        );
+    }
+    if e.execution_providers.is_empty() {
+        return err(
+            "engine.execution_providers".into(),
+            "must list at least one provider (e.g. [\"cpu\"])",
+        );
+    }
+    for (i, p) in e.execution_providers.iter().enumerate() {
+        if e.execution_providers[..i].contains(p) {
+            return Err((
+                "engine.execution_providers".into(),
+                format!("{:?} is listed twice", p.name()),
+            ));
+        }
+    }
+    if e.ort_library
+        .as_ref()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        return err("engine.ort_library".into(), "must not be empty");
     }
     if c.decode.max_side == 0 {
         return err("decode.max_side".into(), "must be at least 1");

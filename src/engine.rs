@@ -15,7 +15,7 @@ use crate::bundle::{Bundle, BundleError};
 use crate::classes::{
     build_head, distinct_prompts, ClassSpec, ClassesError, LabelIndex, PromptEmbedder,
 };
-use crate::encoder::{EncoderError, EncoderOptions, TractImageEncoder};
+use crate::encoder::{load_image_encoder, Backend, EncoderError, EncoderOptions, ImageEncoder};
 use crate::head::{Classifier, ZeroShotHead};
 use crate::store::{ClassRecord, Store, StoreError};
 
@@ -34,7 +34,8 @@ pub enum EngineError {
 /// A loaded model ready to classify, plus what the history database still needs to learn.
 pub struct Engine {
     pub bundle: Bundle,
-    pub image_encoder: TractImageEncoder,
+    /// On the backend the config chose (tract unless `[engine] backend` says otherwise).
+    pub image_encoder: Box<dyn ImageEncoder>,
     pub classes: Vec<ClassSpec>,
     pub head: ZeroShotHead,
     /// The ensembled embedding of each class (same order as `classes`).
@@ -48,9 +49,30 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Load everything needed to classify with `classes`. `cache_db`, if it exists, is read
-    /// (read-only) for prompt embeddings computed by an earlier run with the same bundle.
+    /// Load everything needed to classify with `classes`, on tract. `cache_db`, if it exists, is
+    /// read (read-only) for prompt embeddings computed by an earlier run with the same bundle.
     pub fn load(
+        bundle_dir: &Path,
+        classes: Vec<ClassSpec>,
+        opts: EncoderOptions,
+        cache_db: Option<&Path>,
+        adapter: Option<&Path>,
+    ) -> Result<Engine, EngineError> {
+        Self::load_on(
+            &Backend::Tract,
+            bundle_dir,
+            classes,
+            opts,
+            cache_db,
+            adapter,
+        )
+    }
+
+    /// [`Engine::load`] with the image encoder on `backend`. Prompt embeddings are computed
+    /// once at start-up (and cached) on tract whatever the backend: they agree with ONNX
+    /// Runtime's to cosine ≥ 0.9999, and tract needs no library.
+    pub fn load_on(
+        backend: &Backend,
         bundle_dir: &Path,
         classes: Vec<ClassSpec>,
         opts: EncoderOptions,
@@ -67,7 +89,7 @@ impl Engine {
             }
             None => None,
         };
-        let image_encoder = TractImageEncoder::load(&bundle, opts)?;
+        let image_encoder = load_image_encoder(&bundle, opts, backend)?;
         let m = &bundle.manifest;
         if let Some(a) = adapter {
             let labels = classes.iter().map(|c| c.name.clone()).collect();

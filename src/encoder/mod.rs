@@ -1,8 +1,20 @@
 //! Image and text encoders behind backend-neutral traits. The tract backend is the default;
-//! another runtime (e.g. ONNX Runtime for a GPU/NPU) can implement the same traits.
+//! ONNX Runtime (feature `ort`) implements the same traits for GPUs and NPUs, and
+//! `backend.rs` picks one from the configuration (see docs/backends.md).
 
+mod backend;
+#[cfg(feature = "ort")]
+mod ort;
 mod tract;
 
+pub use self::backend::{
+    load_image_encoder, load_text_encoder, Backend, BackendKind, ExecutionProvider, OrtSettings,
+};
+#[cfg(feature = "ort")]
+pub use self::ort::{
+    check_version, ensure_library, OrtImageEncoder, OrtLibrary, OrtTextEncoder,
+    REQUIRED_MINOR_VERSION,
+};
 pub use self::tract::{TractImageEncoder, TractTextEncoder};
 
 use std::path::PathBuf;
@@ -25,6 +37,13 @@ pub enum EncoderError {
     BatchTooLarge { got: usize, max: usize },
     #[error("input length {got} does not match {n} items of {per} values")]
     InputLength { got: usize, n: usize, per: usize },
+    /// The ONNX Runtime shared library is missing, unloadable or too old (names the path).
+    #[error("{}: ONNX Runtime library: {msg}", path.display())]
+    Library { path: PathBuf, msg: String },
+    #[error("engine.backend = \"ort\" but no ONNX Runtime library is given: set engine.ort_library in the config or the ORT_DYLIB_PATH environment variable to a libonnxruntime.so (for example the one in the onnxruntime pip wheel's capi/ directory)")]
+    NoLibrary,
+    #[error("engine.backend = \"ort\" needs clipd built with ONNX Runtime support (cargo build --release --features ort); use backend = \"tract\" otherwise")]
+    BackendNotBuilt,
 }
 
 /// How a backend should be set up: decided once at load time, never per frame.
@@ -63,6 +82,37 @@ pub trait TextEncoder: Send {
     fn context_length(&self) -> usize;
     /// `ids` holds `n` rows of `context_length` ids; returns `n × embed_dim` values.
     fn encode(&mut self, ids: &[i64], n: usize) -> Result<Vec<f32>, EncoderError>;
+}
+
+/// A boxed encoder is an encoder, so callers can hold whichever backend the config chose.
+impl<E: ImageEncoder + ?Sized> ImageEncoder for Box<E> {
+    fn batch_size(&self) -> usize {
+        (**self).batch_size()
+    }
+    fn embed_dim(&self) -> usize {
+        (**self).embed_dim()
+    }
+    fn image_size(&self) -> usize {
+        (**self).image_size()
+    }
+    fn encode(&mut self, pixels: &[f32], n: usize) -> Result<Vec<f32>, EncoderError> {
+        (**self).encode(pixels, n)
+    }
+}
+
+impl<E: TextEncoder + ?Sized> TextEncoder for Box<E> {
+    fn batch_size(&self) -> usize {
+        (**self).batch_size()
+    }
+    fn embed_dim(&self) -> usize {
+        (**self).embed_dim()
+    }
+    fn context_length(&self) -> usize {
+        (**self).context_length()
+    }
+    fn encode(&mut self, ids: &[i64], n: usize) -> Result<Vec<f32>, EncoderError> {
+        (**self).encode(ids, n)
+    }
 }
 
 /// Encode any number of rows by splitting them into batches the encoder accepts.
