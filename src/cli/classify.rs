@@ -84,7 +84,14 @@ pub fn classify(args: ClassifyArgs) -> Result<ExitCode> {
     // Reuse the daemon's text-embedding cache when there is one; never create a database here.
     let db = cfg.resolve(&c.store.path);
     let adapter = adapter_path(args.adapter.adapter.as_deref(), Some(&cfg));
-    let engine = Engine::load(&bundle, classes, opts, Some(&db), adapter.as_deref())?;
+    let engine = Engine::load_on(
+        &c.engine.backend(&cfg.base),
+        &bundle,
+        classes,
+        opts,
+        Some(&db),
+        adapter.as_deref(),
+    )?;
     let classifier = engine.classifier();
     let source = FileListSource::new("classify".into(), args.images.clone(), LabelsFrom::None);
     let popts = PipelineOptions {

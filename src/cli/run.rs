@@ -183,7 +183,14 @@ fn prepare(cfg: Loaded, ov: &Overrides) -> Result<Prepared> {
         threads: ov.threads.unwrap_or(c.engine.threads),
     };
     let classes = ClassSpec::from_config(&c.classes, &c.prompts);
-    let engine = Engine::load(&bundle, classes, opts, Some(&db), adapter.as_deref())?;
+    let engine = Engine::load_on(
+        &c.engine.backend(&cfg.base),
+        &bundle,
+        classes,
+        opts,
+        Some(&db),
+        adapter.as_deref(),
+    )?;
     let refine = match &c.refine {
         Some(rc) => {
             let few_shot = engine.adapter.as_ref().is_some_and(|a| a.support.is_some());
