@@ -275,7 +275,7 @@ impl<T: Real> Mat<T> {
 
 /// Dot product with eight independent partial sums: a single running sum is one long chain of
 /// dependent additions, while eight let the compiler keep a vector register busy.
-fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+pub fn dot<T: Real>(a: &[T], b: &[T]) -> T {
     let mut acc = [T::zero(); 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: T = ca

@@ -6,6 +6,7 @@
 //! and the log-likelihoods `log z · (α − 1)ᵀ` are GEMMs (no N×K×K temporary); the Dirichlet
 //! parameters are fitted by the minorise–maximise (MM) fixed point of the reference.
 
+use super::parallel::{for_row_chunks, resolve, MIN_PARALLEL_WORK};
 use super::{
     argmax, check_features_and_text, check_labels, check_probs, check_support_features, nonempty,
     normalised, rows_of, softmax_in_place, to_f32, EmDirichletParams, Outcome, Result,
@@ -21,6 +22,10 @@ const EMPTY_MASS: f64 = 1e-12;
 
 /// Below this a Dirichlet parameter is treated as zero by the MM curvature bound.
 const TINY_ALPHA: f64 = 1e-11;
+
+/// What one MM entry update costs in multiply–adds (two special functions and a square root),
+/// for deciding when a block of steps is worth splitting over threads.
+const MM_ENTRY_COST: usize = 100;
 
 /// The Hungarian solver needs integer weights: mean probabilities (in [0, 1]) are scaled by
 /// this and rounded, so assignments whose totals differ by less than ~K·1e-9 may tie.
@@ -113,6 +118,7 @@ fn run(z: &Mat<f64>, support: Option<(&Mat<f64>, &[usize])>, p: &EmDirichletPara
         }
     }
 
+    let threads = resolve(p.threads);
     let mut u = z.clone();
     let mut alpha = Mat::from_vec(k, k, vec![1.0; k * k]);
     for _ in 0..p.iterations {
@@ -133,7 +139,7 @@ fn run(z: &Mat<f64>, support: Option<(&Mat<f64>, &[usize])>, p: &EmDirichletPara
             }
         }
         // 2. Dirichlet parameters.
-        mm(&mut alpha.data, &y.data, &frozen, k, p);
+        mm(&mut alpha.data, &y.data, &frozen, k, p, threads);
         // 3. Cluster-size prior (queries only).
         let v: Vec<f64> = col.iter().map(|&m| (m / n as f64 + p.eps).ln()).collect();
         // 4. Re-assignment: ℓ = const + L·(α − 1)ᵀ.
@@ -193,54 +199,94 @@ fn log_normalisers(alpha: &[f64], k: usize) -> Vec<f64> {
 
 /// Fits the Dirichlet parameters to the mean log-probabilities `y` (`k × k`) by MM, starting
 /// from `alpha` and leaving `frozen` rows alone; returns the number of steps taken.
-fn mm(alpha: &mut Vec<f64>, y: &[f64], frozen: &[bool], k: usize, p: &EmDirichletParams) -> usize {
-    for step in 1..=p.mm_max_steps {
-        let next = mm_step(alpha, y, frozen, k);
+///
+/// A step updates each row from that row alone; only the stopping test couples them. So the
+/// steps between two tests run row by row, the rows split over `threads`, and the test adds up
+/// each row's change in row order: every thread count stops at the same step with the same
+/// values.
+fn mm(
+    alpha: &mut [f64],
+    y: &[f64],
+    frozen: &[bool],
+    k: usize,
+    p: &EmDirichletParams,
+    threads: usize,
+) -> usize {
+    let mut step = 0;
+    while step < p.mm_max_steps {
+        let block = (p.mm_check_every - step % p.mm_check_every).min(p.mm_max_steps - step);
+        let threads = if k * k * block * MM_ENTRY_COST < MIN_PARALLEL_WORK {
+            1
+        } else {
+            threads
+        };
+        // Per row: the row, then `Σ (α' − α)²` and `Σ α²` of the block's last step.
+        let mut rows: Vec<(&mut [f64], f64, f64)> =
+            alpha.chunks_exact_mut(k).map(|r| (r, 0.0, 0.0)).collect();
+        for_row_chunks(&mut rows, 1, threads, 1, |first, chunk| {
+            let mut next = vec![0.0; k];
+            for (r, (row, change, size)) in chunk.iter_mut().enumerate() {
+                let c = first + r;
+                if frozen[c] {
+                    (*change, *size) = (0.0, row.iter().map(|a| a * a).sum());
+                    continue;
+                }
+                for _ in 0..block {
+                    mm_row(row, &y[c * k..(c + 1) * k], &mut next);
+                    *change = next
+                        .iter()
+                        .zip(row.iter())
+                        .map(|(a, b)| (a - b) * (a - b))
+                        .sum();
+                    *size = row.iter().map(|a| a * a).sum();
+                    row.copy_from_slice(&next);
+                }
+            }
+        });
+        step += block;
         if step % p.mm_check_every == 0 {
-            let change: f64 = next
+            let (change, size) = rows
                 .iter()
-                .zip(alpha.iter())
-                .map(|(a, b)| (a - b) * (a - b))
-                .sum();
-            let size: f64 = alpha.iter().map(|a| a * a).sum();
+                .fold((0.0, 0.0), |(c, s), (_, rc, rs)| (c + rc, s + rs));
             if change / size < p.mm_tol {
-                *alpha = next;
                 return step;
             }
         }
-        *alpha = next;
     }
     p.mm_max_steps
 }
 
 /// One MM step on every non-frozen entry of `alpha` (`k × k`), all from the same `alpha`.
+pub fn mm_step(alpha: &[f64], y: &[f64], frozen: &[bool], k: usize) -> Vec<f64> {
+    let mut next = alpha.to_vec();
+    for (row, (out, ys)) in next.chunks_exact_mut(k).zip(y.chunks_exact(k)).enumerate() {
+        if !frozen[row] {
+            mm_row(&alpha[row * k..(row + 1) * k], ys, out);
+        }
+    }
+    next
+}
+
+/// One MM step on one row of `alpha` (`y`: that row's mean log-probabilities) into `next`.
 ///
 /// `lgamma(Σα)` is convex, so it is minorised by its tangent; `−lgamma(a) = log a −
 /// lgamma(a+1)` and `lgamma(a+1)` is majorised by the quadratic with slope `ψ(a+1)` that passes
 /// through `lgamma(1) = 0`, whose curvature is `c`. Maximising the bound is the quadratic
 /// `c·a'² + b·a' − 1 = 0`. Its positive root is taken as `2 / (b + √(b²+4c))` when `b > 0`,
 /// which equals the documented `(−b + √(b²+4c)) / (2c)` without cancelling to 0.
-pub fn mm_step(alpha: &[f64], y: &[f64], frozen: &[bool], k: usize) -> Vec<f64> {
-    let mut next = alpha.to_vec();
-    for (row, (out, ys)) in next.chunks_exact_mut(k).zip(y.chunks_exact(k)).enumerate() {
-        if frozen[row] {
-            continue;
-        }
-        let psi_sum = digamma(alpha[row * k..(row + 1) * k].iter().sum());
-        for (a_next, &yy) in out.iter_mut().zip(ys) {
-            let a = *a_next;
-            let psi1 = digamma(a + 1.0);
-            let c = curvature(a, psi1);
-            let b = psi1 - psi_sum - c * a - yy;
-            let root = (b * b + 4.0 * c).sqrt();
-            *a_next = if b > 0.0 {
-                2.0 / (b + root)
-            } else {
-                (root - b) / (2.0 * c)
-            };
-        }
+fn mm_row(alpha: &[f64], y: &[f64], next: &mut [f64]) {
+    let psi_sum = digamma(alpha.iter().sum());
+    for ((a_next, &a), &yy) in next.iter_mut().zip(alpha).zip(y) {
+        let psi1 = digamma(a + 1.0);
+        let c = curvature(a, psi1);
+        let b = psi1 - psi_sum - c * a - yy;
+        let root = (b * b + 4.0 * c).sqrt();
+        *a_next = if b > 0.0 {
+            2.0 / (b + root)
+        } else {
+            (root - b) / (2.0 * c)
+        };
     }
-    next
 }
 
 /// `c = |2·(a·ψ(a+1) − lgamma(a+1)) / a²|`, or `π²/6` (its limit at 0) where `a` is tiny or
@@ -473,6 +519,30 @@ mod tests {
     }
 
     #[test]
+    fn the_thread_count_changes_nothing() {
+        // K large enough that the MM blocks are split over threads.
+        let (n, k) = (200, 32);
+        let mut rng = Rng::new(21);
+        let mut probs = Vec::with_capacity(n * k);
+        for i in 0..n {
+            let mut logits: Vec<f64> = (0..k).map(|_| rng.normal()).collect();
+            logits[i % 5] += 3.0;
+            softmax_in_place(&mut logits);
+            probs.extend(logits.iter().map(|&v| v as f32));
+        }
+        for hard in [false, true] {
+            let mut p = EmDirichletParams::default_for(k, false, hard);
+            p.threads = 1;
+            let one = em_dirichlet(&probs, n, k, None, &p).unwrap();
+            check_invariants(&one);
+            for threads in [2, 3] {
+                p.threads = threads;
+                assert_eq!(em_dirichlet(&probs, n, k, None, &p).unwrap(), one);
+            }
+        }
+    }
+
+    #[test]
     fn mm_steps_never_decrease_the_objective() {
         let mut rng = Rng::new(3);
         let k = 4;
@@ -515,7 +585,7 @@ mod tests {
         let mut alpha = vec![1.0; 3];
         let mut p = params(false);
         p.mm_max_steps = 100_000;
-        mm(&mut alpha, &y, &[false], 3, &p);
+        mm(&mut alpha, &y, &[false], 3, &p, 1);
         let s: f64 = alpha.iter().sum();
         for (a, yy) in alpha.iter().zip(y) {
             assert!((digamma(*a) - digamma(s) - yy).abs() < 1e-5, "{alpha:?}");

@@ -14,6 +14,7 @@
 //! - [`params`]: the published reference defaults and `--set key=value` handling.
 
 pub mod em_dirichlet;
+mod parallel;
 pub mod params;
 pub mod transclip;
 

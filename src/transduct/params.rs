@@ -19,6 +19,9 @@ pub struct EmDirichletParams {
     pub eps: f64,
     /// The mean log-probability an empty cluster is given.
     pub empty_y: f64,
+    /// Threads one pass may use (0: one per available core). A cost setting only: every
+    /// thread count gives bit-identical results.
+    pub threads: usize,
 }
 
 /// The probe set of γ values the TransCLIP reference searches in few-shot.
@@ -42,6 +45,9 @@ pub struct TransClipParams {
     pub gamma: f64,
     pub g_divisor: f64,
     pub shot_weight: f64,
+    /// Threads one pass may use (0: one per available core). A cost setting only: every
+    /// thread count gives bit-identical results.
+    pub threads: usize,
 }
 
 impl EmDirichletParams {
@@ -59,6 +65,7 @@ impl EmDirichletParams {
             mm_check_every: 50,
             eps: 1e-15,
             empty_y: -10.0,
+            threads: 0,
         }
     }
 
@@ -92,7 +99,7 @@ impl EmDirichletParams {
         }
     }
 
-    pub const KEYS: [&'static str; 8] = [
+    pub const KEYS: [&'static str; 9] = [
         "temperature",
         "prior_weight",
         "iterations",
@@ -101,6 +108,7 @@ impl EmDirichletParams {
         "mm_check_every",
         "eps",
         "empty_y",
+        "threads",
     ];
 
     fn method(&self) -> Method {
@@ -123,6 +131,7 @@ impl EmDirichletParams {
             "mm_check_every" => next.mm_check_every = count(key, value)?,
             "eps" => next.eps = real(key, value)?,
             "empty_y" => next.empty_y = real(key, value)?,
+            "threads" => next.threads = count(key, value)?,
             _ => return Err(unknown(key, self.method(), &Self::KEYS)),
         }
         next.validate()?;
@@ -163,6 +172,7 @@ impl TransClipParams {
             },
             g_divisor: 50.0,
             shot_weight: 50.0,
+            threads: 0,
         }
     }
 
@@ -182,7 +192,7 @@ impl TransClipParams {
         }
     }
 
-    pub const KEYS: [&'static str; 9] = [
+    pub const KEYS: [&'static str; 10] = [
         "scale",
         "knn",
         "lambda",
@@ -192,6 +202,7 @@ impl TransClipParams {
         "gamma",
         "g_divisor",
         "shot_weight",
+        "threads",
     ];
 
     /// Sets one parameter by its documented name; on an error nothing changes.
@@ -207,6 +218,7 @@ impl TransClipParams {
             "gamma" => next.gamma = real(key, value)?,
             "g_divisor" => next.g_divisor = real(key, value)?,
             "shot_weight" => next.shot_weight = real(key, value)?,
+            "threads" => next.threads = count(key, value)?,
             _ => return Err(unknown(key, Method::TransClip, &Self::KEYS)),
         }
         next.validate()?;
