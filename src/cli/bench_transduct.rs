@@ -349,6 +349,7 @@ pub mod latency {
                 top_k: c.top_k,
                 limits: c.decode,
                 keep_embeddings: with_refiner,
+                ..Default::default()
             },
             Arc::new(AtomicBool::new(false)),
         )?;
