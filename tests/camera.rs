@@ -103,12 +103,16 @@ fn doctor_names_a_broken_config_and_exits_2() {
     let c = checks(&out);
     let (status, _, msg) = line(&c, "config");
     assert_eq!(status, "FAIL");
-    assert_eq!(
-        msg,
-        &format!(
-            "{}:7: engine.batchh: unknown field `batchh`, expected one of `batch`, `threads`, `decode_threads`, `batch_timeout_ms`, `queue` — fix: correct the key named above (clipd.toml.example documents every key)",
-            cfg.display()
-        )
+    let prefix = format!(
+        "{}:7: engine.batchh: unknown field `batchh`, expected one of `batch`, ",
+        cfg.display()
+    );
+    assert!(msg.starts_with(&prefix), "{msg}");
+    assert!(
+        msg.ends_with(
+            " — fix: correct the key named above (clipd.toml.example documents every key)"
+        ),
+        "{msg}"
     );
     // The other checks still run (the bundle with its default) or say why they did not.
     assert_eq!(line(&c, "bundle").0, "ok");
