@@ -2,6 +2,7 @@
 //! head + store), at each batch size; with an adapter, also the head's own cost per frame
 //! (zero-shot versus adapter), which is what a few-shot adapter adds to the frame path.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::sync_channel;
@@ -11,8 +12,12 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use clap::Args;
 
+use clipd::bundle::Bundle;
 use clipd::classes::ClassSpec;
-use clipd::encoder::{EncoderOptions, ImageEncoder, TractImageEncoder};
+use clipd::config::EngineConfig;
+use clipd::encoder::{
+    load_image_encoder, Backend, BackendKind, EncoderOptions, ImageEncoder, TractImageEncoder,
+};
 use clipd::engine::Engine;
 use clipd::head::Classifier;
 use clipd::pipeline::{self, PipelineOptions};
@@ -22,32 +27,132 @@ use clipd::source::{self, FrameSource, Next, Payload};
 use clipd::store::{BatchWriter, Store, StoreOptions, WriteOp};
 
 use super::run::to_record;
-use super::{
-    adapter_path, bundle_dir, demo_config, load_config, AdapterArg, ModelArgs, UsageError,
-};
+use super::{adapter_path, bundle_dir, demo_config, load_config, AdapterArg, UsageError};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    #[command(flatten)]
-    model: ModelArgs,
+    /// Model bundle directory [default: the config's `bundle`, else models/tiny-clip].
+    #[arg(long, value_name = "DIR")]
+    bundle: Option<PathBuf>,
+    /// Configuration file [default: ./clipd.toml if it exists, else the built-in demo].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Encoder thread counts to measure, comma separated [default: the config's engine.threads].
+    #[arg(long, value_name = "N,..", value_delimiter = ',')]
+    threads: Vec<usize>,
+    /// Backends to measure, comma separated: tract, ort [default: the config's engine.backend].
+    #[arg(long, value_name = "NAME,..", value_delimiter = ',', value_parser = ["tract", "ort"])]
+    backend: Vec<String>,
+    /// tract only: frame-level parallelism, comma separated lane counts to measure. Each lane
+    /// runs the shared plan on its share of the batch with --threads threads of its own.
+    #[arg(long, value_name = "N,..", value_delimiter = ',', default_value = "1")]
+    lanes: Vec<usize>,
+    /// tract only, for comparison: run without an explicit executor (tract's built-in
+    /// single-thread path, whatever --threads says).
+    #[arg(long, hide = true)]
+    tract_no_executor: bool,
+    /// tract only, for tuning: MMM panel count below which tract does not thread a product
+    /// (tract's default 64).
+    #[arg(long, hide = true, value_name = "PANELS")]
+    tract_panel_threshold: Option<usize>,
     #[command(flatten)]
     adapter: AdapterArg,
     /// Batch sizes to measure, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     batch: Vec<usize>,
-    /// Use at most this many frames from the config's sources (0 = all).
+    /// Use at most this many frames from the config's sources (0 = all); each timed round
+    /// encodes this many images.
     #[arg(long, default_value_t = 0)]
     frames: usize,
+    /// Timed rounds per configuration, after one warm-up batch; min and median are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Time the image encoder alone: skip the whole pipeline, the text side and the head.
+    #[arg(long)]
+    encoder_only: bool,
+    /// Print one JSON object per configuration (for scripts) instead of the table.
+    #[arg(long)]
+    json: bool,
     /// Benchmark transductive refinement instead: the algorithms over N and K, and the
     /// pipeline's p50/p99 frame latency with and without the refiner running.
     #[arg(long)]
     transduct: bool,
 }
 
+/// One measured configuration.
 struct Row {
+    backend: &'static str,
+    threads: usize,
+    lanes: usize,
     batch: usize,
-    enc_ms: f64,
-    pipe_ms: f64,
+    /// Seconds to load and prepare the encoder (parse, optimise, plan).
+    load_s: f64,
+    /// Encoder ms per image, one value per timed round.
+    rounds: Vec<f64>,
+    /// CPU ms per image (all of the process's threads), one value per timed round: on a shared
+    /// machine, for one thread, the time the work would take with the core to itself.
+    cpu: Vec<f64>,
+    /// Whole-pipeline ms per image (None with --encoder-only).
+    pipe_ms: Option<f64>,
+}
+
+impl Row {
+    fn min(&self) -> f64 {
+        self.rounds.iter().copied().fold(f64::INFINITY, f64::min)
+    }
+    fn median(&self) -> f64 {
+        median(&self.rounds)
+    }
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "backend": self.backend,
+            "threads": self.threads,
+            "lanes": self.lanes,
+            "batch": self.batch,
+            "load_s": self.load_s,
+            "ms_per_image": self.rounds,
+            "cpu_ms_per_image": self.cpu,
+            "pipeline_ms_per_image": self.pipe_ms,
+        })
+    }
+}
+
+/// The median of `v` (the mean of the middle two for an even count); NaN when empty.
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+/// The backends named by `--backend` (the config's when none), as the config would set them up.
+fn backends(names: &[String], engine: &EngineConfig, base: &Path) -> Vec<(&'static str, Backend)> {
+    let kinds = if names.is_empty() {
+        vec![engine.backend]
+    } else {
+        names
+            .iter()
+            .map(|n| match n.as_str() {
+                "ort" => BackendKind::Ort,
+                _ => BackendKind::Tract,
+            })
+            .collect()
+    };
+    kinds
+        .into_iter()
+        .map(|kind| {
+            let mut e = engine.clone();
+            e.backend = kind;
+            let name = match kind {
+                BackendKind::Tract => "tract",
+                BackendKind::Ort => "ort",
+            };
+            (name, e.backend(base))
+        })
+        .collect()
 }
 
 /// Measure throughput on the config's frames (the built-in demo frames without --config).
@@ -55,13 +160,31 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
     if args.batch.is_empty() || args.batch.contains(&0) {
         return Err(UsageError("--batch takes sizes of at least 1, e.g. 1,8".into()).into());
     }
-    let cfg = match load_config(args.model.config.as_deref())? {
+    if args.lanes.is_empty() || args.lanes.contains(&0) {
+        return Err(UsageError("--lanes takes counts of at least 1, e.g. 1,2".into()).into());
+    }
+    if args.threads.contains(&0) {
+        return Err(UsageError("--threads takes counts of at least 1, e.g. 1,2".into()).into());
+    }
+    if args.rounds == 0 {
+        return Err(UsageError("--rounds must be at least 1".into()).into());
+    }
+    if let Some(panels) = args.tract_panel_threshold {
+        tract_linalg::multithread::set_threading_panel_threshold(panels);
+    }
+    let cfg = match load_config(args.config.as_deref())? {
         Some(c) => c,
         None => demo_config()?,
     };
     let c = &cfg.config;
-    let threads = args.model.threads.unwrap_or(c.engine.threads);
-    let bundle = bundle_dir(args.model.bundle.as_deref(), Some(&cfg));
+    let thread_counts = if args.threads.is_empty() {
+        vec![c.engine.threads]
+    } else {
+        args.threads.clone()
+    };
+    let threads = thread_counts[0];
+    let bundle_path = bundle_dir(args.bundle.as_deref(), Some(&cfg));
+    let backends = backends(&args.backend, &c.engine, &cfg.base);
 
     // The frames: every file the sources list now.
     let mut files = Vec::new();
@@ -83,16 +206,25 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
     if args.transduct {
         super::bench_transduct::scaling()?;
     }
-    let classes = ClassSpec::from_config(&c.classes, &c.prompts);
-    let adapter = adapter_path(args.adapter.adapter.as_deref(), Some(&cfg));
-    let engine = Engine::load(
-        &bundle,
-        classes,
-        EncoderOptions { batch: 1, threads },
-        None,
-        adapter.as_deref(),
-    )?;
-    let t = Transform::from_spec(&engine.bundle.manifest.image);
+    // The encoder alone needs neither the text side nor the head: skip their start-up cost.
+    let engine = if args.encoder_only && !args.transduct {
+        None
+    } else {
+        let classes = ClassSpec::from_config(&c.classes, &c.prompts);
+        let adapter = adapter_path(args.adapter.adapter.as_deref(), Some(&cfg));
+        Some(Engine::load(
+            &bundle_path,
+            classes,
+            EncoderOptions { batch: 1, threads },
+            None,
+            adapter.as_deref(),
+        )?)
+    };
+    let bundle = match &engine {
+        Some(e) => e.bundle.clone(),
+        None => Bundle::open(&bundle_path)?,
+    };
+    let t = Transform::from_spec(&bundle.manifest.image);
     let mut tensors = Vec::new();
     for p in files.iter().take(256) {
         if let Ok(px) = t.load(p, &c.decode) {
@@ -102,115 +234,144 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
     if tensors.is_empty() {
         return Err(UsageError("bench: none of the frames could be decoded".into()).into());
     }
-    println!(
-        "model {} (image {}px, embed {}), {} threads, {} frames, {} classes",
-        engine.bundle.model_id(),
-        engine.bundle.manifest.image.size,
-        engine.bundle.manifest.embed_dim,
-        threads,
-        files.len(),
-        engine.classes.len()
-    );
-    if let Some(a) = &engine.adapter {
+    if !args.json {
         println!(
-            "adapter {} ({}, {} shots per class)",
-            a.id, a.meta.method, a.meta.shots
+            "model {} (image {}px, embed {}), {} frames per round, {} rounds",
+            bundle.model_id(),
+            bundle.manifest.image.size,
+            bundle.manifest.embed_dim,
+            files.len(),
+            args.rounds
         );
+    }
+    if let (Some(engine), false) = (&engine, args.json) {
+        println!("{} classes", engine.classes.len());
+        if let Some(a) = &engine.adapter {
+            println!(
+                "adapter {} ({}, {} shots per class)",
+                a.id, a.meta.method, a.meta.shots
+            );
+        }
     }
 
     let tmp = std::env::temp_dir().join(format!("clipd-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
     if args.transduct {
-        let result = refiner_latency(&engine, &cfg, &files, threads, &tmp);
+        let result = match &engine {
+            Some(engine) => refiner_latency(engine, &cfg, &files, threads, &tmp),
+            None => Ok(()),
+        };
         let _ = std::fs::remove_dir_all(&tmp);
         return result.map(|_| ExitCode::SUCCESS);
     }
     let mut rows = Vec::new();
     let result = (|| -> Result<()> {
-        for &b in &args.batch {
-            let opts = EncoderOptions { batch: b, threads };
-            let mut enc = TractImageEncoder::load(&engine.bundle, opts)?;
-            let enc_ms = time_encoder(&mut enc, &tensors, files.len())?;
-
-            let db = tmp.join(format!("bench-b{b}.db"));
-            let store = Store::open(&db, &StoreOptions::default())?;
-            let (tx, rx) = sync_channel::<WriteOp>(c.engine.queue);
-            let writer = BatchWriter::spawn(store, rx)?;
-            let src: Box<dyn FrameSource> = Box::new(source::FileListSource::new(
-                "bench".into(),
-                files.clone(),
-                clipd::config::LabelsFrom::None,
-            ));
-            let enc = TractImageEncoder::load(&engine.bundle, opts)?;
-            let model_id = engine.bundle.model_id();
-            let sink = BenchSink {
-                tx,
-                model_id,
-                adapter_id: engine.adapter_id(),
-                latencies: Vec::new(),
-                refiner: None,
+        for (name, backend) in &backends {
+            let lane_counts = match backend {
+                Backend::Tract => args.lanes.clone(),
+                _ => vec![1],
             };
-            let started = Instant::now();
-            let (stats, sink) = pipeline::run(
-                vec![src],
-                t.clone(),
-                Box::new(enc),
-                engine.classifier(),
-                None,
-                sink,
-                PipelineOptions {
-                    decode_threads: c.engine.decode_threads,
-                    queue: c.engine.queue,
-                    batch_timeout: Duration::from_millis(c.engine.batch_timeout_ms),
-                    top_k: c.top_k,
-                    limits: c.decode,
-                    keep_embeddings: false,
-                    ..Default::default()
-                },
-                Arc::new(AtomicBool::new(false)),
-            )?;
-            drop(sink);
-            let written = writer
-                .join()
-                .map_err(|_| anyhow::anyhow!("the database writer thread panicked"))?;
-            // The pipeline's time ends when the last frame is committed.
-            let elapsed = started.elapsed();
-            if let Some(e) = written.first_error {
-                return Err(e.into());
+            for (&threads, &lanes) in thread_counts
+                .iter()
+                .flat_map(|t| lane_counts.iter().map(move |l| (t, l)))
+            {
+                for &b in &args.batch {
+                    if lanes > b {
+                        continue;
+                    }
+                    let opts = EncoderOptions { batch: b, threads };
+                    let load = |opts| -> Result<Box<dyn ImageEncoder>> {
+                        Ok(match backend {
+                            Backend::Tract => Box::new(TractImageEncoder::load_tuned(
+                                &bundle,
+                                opts,
+                                lanes,
+                                !args.tract_no_executor,
+                            )?),
+                            _ => load_image_encoder(&bundle, opts, backend)?,
+                        })
+                    };
+                    let started = Instant::now();
+                    let mut enc = load(opts)?;
+                    let load_s = started.elapsed().as_secs_f64();
+                    let (rounds, cpu) =
+                        time_encoder(enc.as_mut(), &tensors, files.len(), args.rounds)?;
+                    let pipe_ms = match &engine {
+                        Some(engine) => {
+                            Some(time_pipeline(engine, enc, opts, &cfg, &files, &t, &tmp)?)
+                        }
+                        None => None,
+                    };
+                    let row = Row {
+                        backend: name,
+                        threads,
+                        lanes,
+                        batch: b,
+                        load_s,
+                        rounds,
+                        cpu,
+                        pipe_ms,
+                    };
+                    if args.json {
+                        println!("{}", row.json());
+                    }
+                    rows.push(row);
+                }
             }
-            let pipe_ms = elapsed.as_secs_f64() * 1000.0 / stats.frames.max(1) as f64;
-            rows.push(Row {
-                batch: b,
-                enc_ms,
-                pipe_ms,
-            });
         }
         Ok(())
     })();
     let _ = std::fs::remove_dir_all(&tmp);
     result?;
+    if args.json {
+        return Ok(ExitCode::SUCCESS);
+    }
 
     println!(
-        "{:>5}  {:>11}  {:>12}  {:>12}  {:>13}  {:>8}",
-        "batch", "encoder/s", "encoder ms", "pipeline/s", "pipeline ms", "overhead"
+        "{:>7}  {:>7}  {:>5}  {:>5}  {:>7}  {:>18}  {:>9}  {:>7}  {:>12}  {:>8}",
+        "backend",
+        "threads",
+        "lanes",
+        "batch",
+        "load s",
+        "encoder ms min/med",
+        "encoder/s",
+        "cpu ms",
+        "pipeline ms",
+        "overhead"
     );
-    for r in rows {
+    for r in &rows {
+        let (pipe, overhead) = match r.pipe_ms {
+            Some(p) => (
+                format!("{p:.3}"),
+                format!("{:.2}x", p / r.median().max(1e-9)),
+            ),
+            None => ("-".into(), "-".into()),
+        };
         println!(
-            "{:>5}  {:>11.1}  {:>12.3}  {:>12.1}  {:>13.3}  {:>7.2}x",
+            "{:>7}  {:>7}  {:>5}  {:>5}  {:>7.2}  {:>8.2} / {:>7.2}  {:>9.1}  {:>7.2}  {:>12}  {:>8}",
+            r.backend,
+            r.threads,
+            r.lanes,
             r.batch,
-            1000.0 / r.enc_ms,
-            r.enc_ms,
-            1000.0 / r.pipe_ms,
-            r.pipe_ms,
-            r.pipe_ms / r.enc_ms
+            r.load_s,
+            r.min(),
+            r.median(),
+            1000.0 / r.median(),
+            median(&r.cpu),
+            pipe,
+            overhead
         );
     }
-    println!("(ms are per image; overhead = pipeline ms / encoder ms)");
+    println!(
+        "(ms are per image; encoder/s from the median; cpu ms: process CPU time per image, \
+         median; overhead = pipeline ms / encoder ms)"
+    );
 
-    if engine.adapter.is_some() {
+    if let Some(engine) = engine.as_ref().filter(|e| e.adapter.is_some()) {
         let mut enc =
             TractImageEncoder::load(&engine.bundle, EncoderOptions { batch: 1, threads })?;
-        let enc_ms = time_encoder(&mut enc, &tensors, files.len())?;
+        let enc_ms = median(&time_encoder(&mut enc, &tensors, files.len(), 1)?.0);
         let mut feats = Vec::with_capacity(tensors.len());
         for px in &tensors {
             let mut e = enc.encode(px, 1)?;
@@ -230,6 +391,65 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Milliseconds per image of the whole pipeline (decode, preprocess, encode, head, store) over
+/// `files`, ending when the last frame is committed.
+fn time_pipeline(
+    engine: &Engine,
+    enc: Box<dyn ImageEncoder>,
+    opts: EncoderOptions,
+    cfg: &clipd::config::Loaded,
+    files: &[PathBuf],
+    t: &Transform,
+    tmp: &Path,
+) -> Result<f64> {
+    let c = &cfg.config;
+    let db = tmp.join(format!("bench-b{}-t{}.db", opts.batch, opts.threads));
+    let _ = std::fs::remove_file(&db);
+    let store = Store::open(&db, &StoreOptions::default())?;
+    let (tx, rx) = sync_channel::<WriteOp>(c.engine.queue);
+    let writer = BatchWriter::spawn(store, rx)?;
+    let src: Box<dyn FrameSource> = Box::new(source::FileListSource::new(
+        "bench".into(),
+        files.to_vec(),
+        clipd::config::LabelsFrom::None,
+    ));
+    let sink = BenchSink {
+        tx,
+        model_id: engine.bundle.model_id(),
+        adapter_id: engine.adapter_id(),
+        latencies: Vec::new(),
+        refiner: None,
+    };
+    let started = Instant::now();
+    let (stats, sink) = pipeline::run(
+        vec![src],
+        t.clone(),
+        enc,
+        engine.classifier(),
+        None,
+        sink,
+        PipelineOptions {
+            decode_threads: c.engine.decode_threads,
+            queue: c.engine.queue,
+            batch_timeout: Duration::from_millis(c.engine.batch_timeout_ms),
+            top_k: c.top_k,
+            limits: c.decode,
+            keep_embeddings: false,
+            ..Default::default()
+        },
+        Arc::new(AtomicBool::new(false)),
+    )?;
+    drop(sink);
+    let written = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the database writer thread panicked"))?;
+    let elapsed = started.elapsed();
+    if let Some(e) = written.first_error {
+        return Err(e.into());
+    }
+    Ok(elapsed.as_secs_f64() * 1000.0 / stats.frames.max(1) as f64)
+}
+
 /// Microseconds per frame for `head` to turn an embedding into a prediction.
 fn time_head(head: &dyn Classifier, feats: &[Vec<f32>], k: usize) -> f64 {
     let rounds = (20_000 / feats.len().max(1)).max(1);
@@ -244,8 +464,14 @@ fn time_head(head: &dyn Classifier, feats: &[Vec<f32>], k: usize) -> f64 {
     started.elapsed().as_secs_f64() * 1e6 / (rounds * feats.len()).max(1) as f64
 }
 
-/// Milliseconds per image for the encoder alone over `count` images (after one warm-up batch).
-fn time_encoder(enc: &mut TractImageEncoder, tensors: &[Vec<f32>], count: usize) -> Result<f64> {
+/// Wall and process-CPU milliseconds per image for the encoder alone, one pair per round of
+/// `count` images (rounded up to whole batches), after one warm-up batch.
+fn time_encoder(
+    enc: &mut dyn ImageEncoder,
+    tensors: &[Vec<f32>],
+    count: usize,
+    rounds: usize,
+) -> Result<(Vec<f64>, Vec<f64>)> {
     let b = enc.batch_size();
     let batch_of = |start: usize| -> Vec<f32> {
         (0..b)
@@ -255,11 +481,32 @@ fn time_encoder(enc: &mut TractImageEncoder, tensors: &[Vec<f32>], count: usize)
     enc.encode(&batch_of(0), b)?;
     let batches = count.div_ceil(b).max(1);
     let inputs: Vec<Vec<f32>> = (0..batches.min(32)).map(|i| batch_of(i * b)).collect();
-    let started = Instant::now();
-    for i in 0..batches {
-        enc.encode(&inputs[i % inputs.len()], b)?;
+    let (mut wall, mut cpu) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+    let images = (batches * b) as f64;
+    for _ in 0..rounds {
+        let cpu0 = process_cpu_ms();
+        let started = Instant::now();
+        for i in 0..batches {
+            enc.encode(&inputs[i % inputs.len()], b)?;
+        }
+        wall.push(started.elapsed().as_secs_f64() * 1000.0 / images);
+        cpu.push((process_cpu_ms() - cpu0) / images);
     }
-    Ok(started.elapsed().as_secs_f64() * 1000.0 / (batches * b) as f64)
+    Ok((wall, cpu))
+}
+
+/// CPU time consumed so far by every thread of this process, in milliseconds.
+fn process_cpu_ms() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return f64::NAN;
+    }
+    ts.tv_sec as f64 * 1000.0 + ts.tv_nsec as f64 / 1e6
 }
 
 struct BenchSink {

@@ -1,12 +1,20 @@
 //! tract backend: the graph is loaded, checked against the manifest, its input fixed to the
 //! concrete batch size, optimised once and made runnable; `encode` then only runs the plan.
+//!
+//! Every run happens inside an explicit rayon executor, even a one-thread one: on ViT-B-32 that
+//! is markedly faster than tract's built-in single-thread path (docs/performance.md has the
+//! figures). Frame-level parallelism ("lanes") runs the one plan from several threads at once,
+//! each lane on its own executor and its own slice of the batch, sharing the weights.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::runtime::RunOptions;
 use tract_onnx::tract_hir::infer::Factoid;
+
+mod cache;
 
 use super::{EncoderError, EncoderOptions, ImageEncoder, TextEncoder};
 use crate::bundle::{shape_str, Bundle, EncoderSpec};
@@ -17,10 +25,41 @@ type Plan = Arc<TypedRunnableModel>;
 struct Graph {
     path: PathBuf,
     plan: Plan,
+    /// The batch the plan is specialised for (per lane).
     batch: usize,
     embed_dim: usize,
     /// Shape of one input item (without the batch axis).
     item_shape: Vec<usize>,
+    /// One executor per lane; lanes run the shared plan concurrently on disjoint items.
+    lanes: Vec<Executor>,
+}
+
+/// How the tract plan is run; the defaults are what measured fastest (docs/performance.md).
+#[derive(Debug, Clone, Copy)]
+struct TractTuning {
+    /// Frame-level parallelism: concurrent runs of the one plan, each on its share of the batch.
+    lanes: usize,
+    /// Run inside an explicit rayon executor even with one thread. `false` leaves tract on its
+    /// built-in single-thread path (whatever the thread count): kept only to measure the
+    /// difference.
+    executor: bool,
+}
+
+impl Default for TractTuning {
+    fn default() -> Self {
+        TractTuning {
+            lanes: 1,
+            executor: true,
+        }
+    }
+}
+
+/// A rayon pool of `threads` workers for tract's kernels. tract panics when the pool cannot be
+/// built (threads cannot be spawned); that becomes a load error here.
+fn executor(path: &Path, threads: usize) -> Result<Executor, EncoderError> {
+    let threads = threads.max(1);
+    std::panic::catch_unwind(|| Executor::multithread_with_name(threads, "clipd-tract"))
+        .map_err(|_| load_err(path, format!("cannot start {threads} encoder thread(s)")))
 }
 
 fn load_err(path: &Path, e: impl std::fmt::Display) -> EncoderError {
@@ -30,22 +69,136 @@ fn load_err(path: &Path, e: impl std::fmt::Display) -> EncoderError {
     }
 }
 
+/// What `Graph::load` needs to know about the graph it loads.
+struct GraphSpec<'a> {
+    path: &'a Path,
+    /// The manifest field describing it (`image_encoder`, `text_encoder`), for errors.
+    field: &'a str,
+    spec: &'a EncoderSpec,
+    /// Shape of one input item (without the batch axis).
+    item_shape: Vec<usize>,
+    dt: DatumType,
+    embed_dim: usize,
+}
+
+/// Graphs at least this large go through the on-disk cache; smaller ones parse in milliseconds.
+const CACHE_MIN_BYTES: u64 = 32 << 20;
+
+/// The cache entry for `path` at `batch`, when caching is on and the graph is worth it.
+fn cache_entry(bundle: &Bundle, path: &Path, batch: usize) -> Option<cache::Entry> {
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if size < CACHE_MIN_BYTES {
+        return None;
+    }
+    let dir = cache::default_dir()?;
+    Some(cache::Entry::new(
+        &dir,
+        &bundle.manifest.name,
+        &bundle.sha256,
+        path,
+        batch,
+    ))
+}
+
 impl Graph {
+    /// Load `g.path` for `lanes` concurrent runs of `opts.batch / lanes` items (rounded up),
+    /// each lane with `opts.threads` kernel threads; through `cache` when given (see
+    /// `cache.rs`): read from it when it holds the graph, else parsed and written to it.
     fn load(
-        path: &Path,
-        field: &str,
-        spec: &EncoderSpec,
-        item_shape: Vec<usize>,
-        dt: DatumType,
-        embed_dim: usize,
+        g: GraphSpec,
         opts: EncoderOptions,
+        tuning: TractTuning,
+        cache: Option<&cache::Entry>,
     ) -> Result<Graph, EncoderError> {
+        let started = Instant::now();
+        let path = g.path;
+        let lanes = tuning.lanes.clamp(1, opts.batch.max(1));
+        let batch = opts.batch.max(1).div_ceil(lanes);
+        let cached = match cache.map(|c| c.load()) {
+            Some(Ok(m)) => m,
+            Some(Err(msg)) => {
+                log::warn!("tract graph cache entry not used: {msg}; loading the ONNX file");
+                None
+            }
+            None => None,
+        };
+        let from_cache = cached.is_some();
+        let typed = match cached {
+            Some(m) => m,
+            None => {
+                let typed = Self::parse_onnx(&g, batch)?;
+                if let Some(c) = cache {
+                    match c.store(&typed) {
+                        Ok(()) => log::info!(
+                            "{}: tract graph cached at {}",
+                            path.display(),
+                            c.tar().display()
+                        ),
+                        Err(msg) => log::warn!("tract graph not cached: {msg}"),
+                    }
+                }
+                typed
+            }
+        };
+        let analysed = started.elapsed();
+        let out_fact = typed.output_fact(0).map_err(|e| load_err(path, e))?;
+        let got: Option<Vec<usize>> = out_fact.shape.as_concrete().map(|s| s.to_vec());
+        let embed_dim = g.embed_dim;
+        if got.as_deref() != Some(&[batch, embed_dim][..]) {
+            return Err(EncoderError::Graph {
+                path: path.to_path_buf(),
+                field: format!("{}.output.shape", g.field),
+                msg: format!(
+                    "graph output has shape {}, manifest says [batch, {embed_dim}] (embed_dim)",
+                    got.map(|g| format!("{g:?}"))
+                        .unwrap_or_else(|| format!("{:?}", out_fact.shape))
+                ),
+            });
+        }
+        let optimized = typed.into_optimized().map_err(|e| load_err(path, e))?;
+        let optimised = started.elapsed();
+        // The executor is not baked into the plan: each lane enters its own around the run.
+        let plan = optimized.into_runnable().map_err(|e| load_err(path, e))?;
+        let lanes = (0..lanes)
+            .map(|_| match tuning.executor {
+                true => executor(path, opts.threads),
+                false => Ok(Executor::SingleThread),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        log::info!(
+            "{}: tract plan for batch {} x {} lane(s), {} thread(s) each, ready in {:.2} s \
+             ({} {:.2} s, optimise {:.2} s)",
+            path.display(),
+            batch,
+            lanes.len(),
+            opts.threads.max(1),
+            started.elapsed().as_secs_f64(),
+            if from_cache {
+                "read from cache"
+            } else {
+                "parse and analyse"
+            },
+            analysed.as_secs_f64(),
+            (optimised - analysed).as_secs_f64(),
+        );
+        Ok(Graph {
+            path: path.to_path_buf(),
+            plan,
+            batch,
+            embed_dim,
+            item_shape: g.item_shape,
+            lanes,
+        })
+    }
+
+    /// Parse the ONNX file, check it against the manifest and fix its input to `batch` items.
+    fn parse_onnx(g: &GraphSpec, batch: usize) -> Result<TypedModel, EncoderError> {
+        let (path, field, spec, item_shape, dt) = (g.path, g.field, g.spec, &g.item_shape, g.dt);
         let graph_err = |sub: &str, msg: String| EncoderError::Graph {
             path: path.to_path_buf(),
             field: format!("{field}.{sub}"),
             msg,
         };
-        let batch = opts.batch.max(1);
         let mut model = tract_onnx::onnx()
             .model_for_path(path)
             .map_err(|e| load_err(path, e))?;
@@ -102,7 +255,7 @@ impl Graph {
             }
         }
         let mut full = vec![batch];
-        full.extend_from_slice(&item_shape);
+        full.extend_from_slice(item_shape);
         model = model
             .with_input_fact(0, InferenceFact::dt_shape(dt, &full))
             .map_err(|e| load_err(path, e))?;
@@ -131,48 +284,23 @@ impl Graph {
         model = model
             .with_output_fact(0, InferenceFact::default())
             .map_err(|e| load_err(path, e))?;
-        let typed = model.into_typed().map_err(|e| load_err(path, e))?;
-        let out_fact = typed.output_fact(0).map_err(|e| load_err(path, e))?;
-        let got: Option<Vec<usize>> = out_fact.shape.as_concrete().map(|s| s.to_vec());
-        if got.as_deref() != Some(&[batch, embed_dim][..]) {
-            return Err(graph_err(
-                "output.shape",
-                format!(
-                    "graph output has shape {}, manifest says [batch, {embed_dim}] (embed_dim)",
-                    got.map(|g| format!("{g:?}"))
-                        .unwrap_or_else(|| format!("{:?}", out_fact.shape))
-                ),
-            ));
-        }
-        let optimized = typed.into_optimized().map_err(|e| load_err(path, e))?;
-        let mut run_opts = RunOptions::default();
-        if opts.threads > 1 {
-            run_opts.executor = Some(tract_linalg::multithread::Executor::multithread_with_name(
-                opts.threads,
-                "clipd-tract",
-            ));
-        }
-        let plan = optimized
-            .into_runnable_with_options(&run_opts)
-            .map_err(|e| load_err(path, e))?;
-        Ok(Graph {
-            path: path.to_path_buf(),
-            plan,
-            batch,
-            embed_dim,
-            item_shape,
-        })
+        model.into_typed().map_err(|e| load_err(path, e))
     }
 
-    fn run<T: Datum + Copy + Default>(
+    /// Items one `run` accepts: the per-lane batch times the lanes.
+    fn capacity(&self) -> usize {
+        self.batch * self.lanes.len()
+    }
+
+    fn run<T: Datum + Copy + Default + Send + Sync>(
         &self,
         data: &[T],
         n: usize,
     ) -> Result<Vec<f32>, EncoderError> {
-        if n > self.batch {
+        if n > self.capacity() {
             return Err(EncoderError::BatchTooLarge {
                 got: n,
-                max: self.batch,
+                max: self.capacity(),
             });
         }
         let per: usize = self.item_shape.iter().product();
@@ -183,6 +311,46 @@ impl Graph {
                 per,
             });
         }
+        if n <= self.batch {
+            return self.run_lane(&self.lanes[0], data, n);
+        }
+        // Frame-level parallelism: each lane takes the next `batch` items on its own thread.
+        let chunks: Vec<&[T]> = data.chunks(self.batch * per).collect();
+        let results: Vec<Result<Vec<f32>, EncoderError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = chunks
+                .iter()
+                .zip(&self.lanes)
+                .map(|(chunk, lane)| {
+                    scope.spawn(move || self.run_lane(lane, chunk, chunk.len() / per.max(1)))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(EncoderError::Run {
+                            path: self.path.clone(),
+                            msg: "an encoder lane panicked".into(),
+                        })
+                    })
+                })
+                .collect()
+        });
+        let mut out = Vec::with_capacity(n * self.embed_dim);
+        for r in results {
+            out.extend(r?);
+        }
+        Ok(out)
+    }
+
+    /// Run the plan once on `n` ≤ `batch` items inside `lane`'s executor.
+    fn run_lane<T: Datum + Copy + Default>(
+        &self,
+        lane: &Executor,
+        data: &[T],
+        n: usize,
+    ) -> Result<Vec<f32>, EncoderError> {
+        let per: usize = self.item_shape.iter().product();
         let run_err = |e: TractError| EncoderError::Run {
             path: self.path.clone(),
             msg: format!("{e:#}"),
@@ -194,7 +362,9 @@ impl Graph {
         buf.extend_from_slice(data);
         buf.resize(self.batch * per, T::default());
         let input = Tensor::from_shape(&full, &buf).map_err(run_err)?;
-        let out = self.plan.run(tvec!(input.into_tvalue())).map_err(run_err)?;
+        let out =
+            multithread_tract_scope(lane.clone(), || self.plan.run(tvec!(input.into_tvalue())))
+                .map_err(run_err)?;
         let view = out[0].to_plain_array_view::<f32>().map_err(run_err)?;
         Ok(view.iter().take(n * self.embed_dim).copied().collect())
     }
@@ -208,16 +378,40 @@ pub struct TractImageEncoder {
 
 impl TractImageEncoder {
     pub fn load(bundle: &Bundle, opts: EncoderOptions) -> Result<Self, EncoderError> {
+        Self::load_tuned(bundle, opts, 1, true)
+    }
+
+    /// Load with frame-level parallelism: `lanes` runs of one shared plan side by side, each on
+    /// `opts.batch / lanes` images (rounded up) with `opts.threads` threads of its own (lanes
+    /// are capped at the batch size). `explicit_executor = false` leaves tract on its built-in
+    /// single-thread path whatever the thread count: slower, kept to measure the difference.
+    pub fn load_tuned(
+        bundle: &Bundle,
+        opts: EncoderOptions,
+        lanes: usize,
+        explicit_executor: bool,
+    ) -> Result<Self, EncoderError> {
+        let tuning = TractTuning {
+            lanes,
+            executor: explicit_executor,
+        };
         let m = &bundle.manifest;
         let s = m.image.size;
+        let path = bundle.image_encoder_path();
+        let lanes = tuning.lanes.clamp(1, opts.batch.max(1));
+        let cache = cache_entry(bundle, &path, opts.batch.max(1).div_ceil(lanes));
         let graph = Graph::load(
-            &bundle.image_encoder_path(),
-            "image_encoder",
-            &m.image_encoder,
-            vec![3, s, s],
-            f32::datum_type(),
-            m.embed_dim,
+            GraphSpec {
+                path: &path,
+                field: "image_encoder",
+                spec: &m.image_encoder,
+                item_shape: vec![3, s, s],
+                dt: f32::datum_type(),
+                embed_dim: m.embed_dim,
+            },
             opts,
+            tuning,
+            cache.as_ref(),
         )?;
         Ok(TractImageEncoder { graph, size: s })
     }
@@ -225,7 +419,7 @@ impl TractImageEncoder {
 
 impl ImageEncoder for TractImageEncoder {
     fn batch_size(&self) -> usize {
-        self.graph.batch
+        self.graph.capacity()
     }
     fn embed_dim(&self) -> usize {
         self.graph.embed_dim
@@ -248,14 +442,20 @@ impl TractTextEncoder {
     pub fn load(bundle: &Bundle, opts: EncoderOptions) -> Result<Self, EncoderError> {
         let m = &bundle.manifest;
         let ctx = m.text.context_length;
+        let path = bundle.text_encoder_path();
+        let cache = cache_entry(bundle, &path, opts.batch.max(1));
         let graph = Graph::load(
-            &bundle.text_encoder_path(),
-            "text_encoder",
-            &m.text_encoder,
-            vec![ctx],
-            i64::datum_type(),
-            m.embed_dim,
+            GraphSpec {
+                path: &path,
+                field: "text_encoder",
+                spec: &m.text_encoder,
+                item_shape: vec![ctx],
+                dt: i64::datum_type(),
+                embed_dim: m.embed_dim,
+            },
             opts,
+            TractTuning::default(),
+            cache.as_ref(),
         )?;
         Ok(TractTextEncoder {
             graph,
@@ -266,7 +466,7 @@ impl TractTextEncoder {
 
 impl TextEncoder for TractTextEncoder {
     fn batch_size(&self) -> usize {
-        self.graph.batch
+        self.graph.capacity()
     }
     fn embed_dim(&self) -> usize {
         self.graph.embed_dim
@@ -276,5 +476,220 @@ impl TextEncoder for TractTextEncoder {
     }
     fn encode(&mut self, ids: &[i64], n: usize) -> Result<Vec<f32>, EncoderError> {
         self.graph.run(ids, n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encoder::l2_normalize_rows;
+    use crate::npy;
+    use crate::preprocess::{DecodeLimits, Transform};
+
+    fn root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    /// The first `n` fixture images, preprocessed, with their ONNX Runtime reference embeddings.
+    fn fixtures(bundle: &Bundle, n: usize) -> (Vec<f32>, Vec<f32>) {
+        let fx = root().join("tests/fixtures");
+        let names: Vec<String> =
+            serde_json::from_slice(&std::fs::read(fx.join("images.json")).unwrap()).unwrap();
+        let t = Transform::from_spec(&bundle.manifest.image);
+        let mut px = Vec::new();
+        for name in &names[..n] {
+            px.extend(
+                t.load(&fx.join("images").join(name), &DecodeLimits::default())
+                    .unwrap(),
+            );
+        }
+        let want: npy::Array<f32> = npy::read(&fx.join("image_embeds.npy")).unwrap();
+        let d = bundle.manifest.embed_dim;
+        (px, want.data[..n * d].to_vec())
+    }
+
+    fn cosine(a: &[f32], b: &[f32]) -> f32 {
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+        dot / (na * nb)
+    }
+
+    #[test]
+    fn lanes_split_a_batch_and_agree_with_one_plan_and_the_reference() {
+        let bundle = Bundle::open(&root().join("models/tiny-clip")).unwrap();
+        let d = bundle.manifest.embed_dim;
+        let opts = |threads| EncoderOptions { batch: 4, threads };
+        let mut one = TractImageEncoder::load(&bundle, opts(2)).unwrap();
+        let mut two = TractImageEncoder::load_tuned(&bundle, opts(1), 2, true).unwrap();
+        assert_eq!(one.batch_size(), 4);
+        assert_eq!(two.batch_size(), 4);
+        assert_eq!(two.graph.lanes.len(), 2);
+        assert_eq!(two.graph.batch, 2);
+        // 3 items: the first lane takes two, the second one (zero-padded); 1 item: one lane.
+        for n in [4, 3, 1] {
+            let (px, want) = fixtures(&bundle, n);
+            let mut a = one.encode(&px, n).unwrap();
+            let mut b = two.encode(&px, n).unwrap();
+            assert_eq!(a.len(), n * d);
+            assert_eq!(b.len(), n * d);
+            let diff = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(diff <= 1e-4, "n={n}: lanes differ from one plan by {diff}");
+            l2_normalize_rows(&mut a, d);
+            l2_normalize_rows(&mut b, d);
+            for i in 0..n {
+                let c = cosine(&b[i * d..(i + 1) * d], &want[i * d..(i + 1) * d]);
+                assert!(c >= 0.999, "n={n} item {i}: cosine {c} vs reference");
+            }
+        }
+    }
+
+    #[test]
+    fn lanes_refuse_more_items_than_they_hold_and_cap_at_the_batch() {
+        let bundle = Bundle::open(&root().join("models/tiny-clip")).unwrap();
+        let opts = EncoderOptions {
+            batch: 2,
+            threads: 1,
+        };
+        // More lanes than items in a batch: one item per lane.
+        let mut enc = TractImageEncoder::load_tuned(&bundle, opts, 5, true).unwrap();
+        assert_eq!(enc.graph.lanes.len(), 2);
+        assert_eq!(enc.batch_size(), 2);
+        let (px, _) = fixtures(&bundle, 3);
+        let err = enc.encode(&px, 3).unwrap_err();
+        assert!(
+            matches!(err, EncoderError::BatchTooLarge { got: 3, max: 2 }),
+            "{err}"
+        );
+        let err = enc.encode(&px[..10], 2).unwrap_err();
+        assert!(matches!(err, EncoderError::InputLength { .. }), "{err}");
+    }
+
+    /// The tiny bundle's image graph at batch 2, through `entry`.
+    fn load_via(bundle: &Bundle, entry: &cache::Entry) -> Graph {
+        let s = bundle.manifest.image.size;
+        Graph::load(
+            GraphSpec {
+                path: &bundle.image_encoder_path(),
+                field: "image_encoder",
+                spec: &bundle.manifest.image_encoder,
+                item_shape: vec![3, s, s],
+                dt: f32::datum_type(),
+                embed_dim: bundle.manifest.embed_dim,
+            },
+            EncoderOptions {
+                batch: 2,
+                threads: 1,
+            },
+            TractTuning::default(),
+            Some(entry),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn graph_cache_round_trips_and_is_keyed_by_the_bundle_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = Bundle::open(&root().join("models/tiny-clip")).unwrap();
+        let path = bundle.image_encoder_path();
+        let entry = cache::Entry::new(dir.path(), "tiny", &bundle.sha256, &path, 2);
+        assert!(entry.load().unwrap().is_none(), "empty cache");
+        let (px, _) = fixtures(&bundle, 2);
+        let fresh = load_via(&bundle, &entry).run(&px, 2).unwrap();
+        assert!(entry.tar().is_file(), "a miss writes the entry");
+        assert!(entry.load().unwrap().is_some(), "and it reads back");
+        let cached = load_via(&bundle, &entry).run(&px, 2).unwrap();
+        let diff = fresh
+            .iter()
+            .zip(&cached)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff <= 1e-6, "cached graph differs by {diff}");
+
+        // Another bundle hash (a changed bundle) misses, and its entry replaces the stale one.
+        let other_sha = "f".repeat(64);
+        let changed = cache::Entry::new(dir.path(), "tiny", &other_sha, &path, 2);
+        assert!(
+            changed.load().unwrap().is_none(),
+            "a changed bundle must miss"
+        );
+        let _ = load_via(&bundle, &changed);
+        assert!(changed.tar().is_file());
+        assert!(!entry.tar().exists(), "the stale entry is pruned");
+        // Another batch is another entry, and is not pruned by this one.
+        let b4 = cache::Entry::new(dir.path(), "tiny", &other_sha, &path, 4);
+        assert_ne!(b4.tar(), changed.tar());
+    }
+
+    #[test]
+    fn damaged_graph_cache_entry_is_refused_then_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = Bundle::open(&root().join("models/tiny-clip")).unwrap();
+        let entry = cache::Entry::new(
+            dir.path(),
+            "tiny",
+            &bundle.sha256,
+            &bundle.image_encoder_path(),
+            2,
+        );
+        let (px, _) = fixtures(&bundle, 2);
+        let want = load_via(&bundle, &entry).run(&px, 2).unwrap();
+        // Flip one byte in the middle (inside the weights), then truncate: both are refused.
+        let mut bytes = std::fs::read(entry.tar()).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x55;
+        std::fs::write(entry.tar(), &bytes).unwrap();
+        let err = entry.load().unwrap_err();
+        assert!(err.contains("does not match"), "{err}");
+        std::fs::write(entry.tar(), &bytes[..mid]).unwrap();
+        assert!(entry.load().is_err(), "a truncated entry must be refused");
+        // Loading through it falls back to the ONNX file and rewrites a good entry.
+        let got = load_via(&bundle, &entry).run(&px, 2).unwrap();
+        assert_eq!(got, want);
+        assert!(entry.load().unwrap().is_some(), "the entry was rebuilt");
+    }
+
+    #[test]
+    fn text_graph_survives_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = Bundle::open(&root().join("models/tiny-clip")).unwrap();
+        let m = &bundle.manifest;
+        let path = bundle.text_encoder_path();
+        let entry = cache::Entry::new(dir.path(), "tiny", &bundle.sha256, &path, 2);
+        let load = || {
+            Graph::load(
+                GraphSpec {
+                    path: &path,
+                    field: "text_encoder",
+                    spec: &m.text_encoder,
+                    item_shape: vec![m.text.context_length],
+                    dt: i64::datum_type(),
+                    embed_dim: m.embed_dim,
+                },
+                EncoderOptions {
+                    batch: 2,
+                    threads: 1,
+                },
+                TractTuning::default(),
+                Some(&entry),
+            )
+            .unwrap()
+        };
+        let ctx = m.text.context_length;
+        // Two token rows: SOT, a few ids, EOT (the largest id), padding.
+        let mut ids = vec![0i64; 2 * ctx];
+        for (row, words) in [[320i64, 1125, 539], [1929, 14, 320]].iter().enumerate() {
+            ids[row * ctx] = 49406;
+            ids[row * ctx + 1..row * ctx + 4].copy_from_slice(words);
+            ids[row * ctx + 4] = 49407;
+        }
+        let fresh = load().run(&ids, 2).unwrap();
+        assert!(entry.load().unwrap().is_some());
+        let cached = load().run(&ids, 2).unwrap();
+        assert_eq!(fresh, cached);
     }
 }
