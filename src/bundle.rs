@@ -340,7 +340,9 @@ impl Bundle {
             Some(name) => self.variant_spec(name)?.image_encoder.as_ref(),
             None => None,
         };
-        Ok(self.dir.join(file.map_or(&self.manifest.image_encoder.file, |f| &f.file)))
+        Ok(self
+            .dir
+            .join(file.map_or(&self.manifest.image_encoder.file, |f| &f.file)))
     }
 
     /// The text encoder file of `variant` (`None`, or a variant without a text tower: fp32).
@@ -349,7 +351,9 @@ impl Bundle {
             Some(name) => self.variant_spec(name)?.text_encoder.as_ref(),
             None => None,
         };
-        Ok(self.dir.join(file.map_or(&self.manifest.text_encoder.file, |f| &f.file)))
+        Ok(self
+            .dir
+            .join(file.map_or(&self.manifest.text_encoder.file, |f| &f.file)))
     }
 
     /// Whether the selected variant replaces the text tower (so its embeddings differ from
@@ -667,7 +671,10 @@ mod tests {
         }
         let m = manifest_json(8)
             .replace("\"tok.json\": \"", &format!("{files}\"tok.json\": \""))
-            .replace("\"files\":", &format!("\"variants\": {variants},\n  \"files\":"));
+            .replace(
+                "\"files\":",
+                &format!("\"variants\": {variants},\n  \"files\":"),
+            );
         write_bundle(dir, &m);
     }
 
@@ -758,7 +765,10 @@ mod tests {
             "{e}"
         );
         let msg = e.to_string();
-        assert!(msg.contains("manifest.json: field `variants.int8.text_encoder.file`"), "{msg}");
+        assert!(
+            msg.contains("manifest.json: field `variants.int8.text_encoder.file`"),
+            "{msg}"
+        );
         assert!(msg.contains("variants.py"), "{msg}");
 
         let dir = tempfile::tempdir().unwrap();

@@ -854,7 +854,9 @@ aliases = ["pizza_dir"]
             assert_eq!(e.line, Some(6), "{e}");
             let s = e.to_string();
             assert!(
-                s.starts_with(&format!("c.toml:6: engine.variant: {bad:?} is not a variant name")),
+                s.starts_with(&format!(
+                    "c.toml:6: engine.variant: {bad:?} is not a variant name"
+                )),
                 "{s}"
             );
         }

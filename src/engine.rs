@@ -196,7 +196,8 @@ impl Engine {
     /// Record the text side in the database: new prompt embeddings and the class table.
     pub fn save_text_side(&self, store: &mut Store) -> Result<(), StoreError> {
         if !self.new_prompt_embeddings.is_empty() {
-            store.put_text_embeddings(&text_cache_key(&self.bundle), &self.new_prompt_embeddings)?;
+            store
+                .put_text_embeddings(&text_cache_key(&self.bundle), &self.new_prompt_embeddings)?;
         }
         let records: Vec<ClassRecord> = self
             .classes
@@ -224,8 +225,10 @@ fn text_cache_key(bundle: &Bundle) -> String {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
+    p.file_name().map_or_else(
+        || p.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 fn read_cache(
