@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use clipd::adapter::file::Adapter;
-use clipd::bundle::Bundle;
+use clipd::bundle::{Bundle, BundleError};
 use clipd::classes::ClassSpec;
 use clipd::config::{Loaded, SourceKind};
 use clipd::encoder::{EncoderOptions, TractImageEncoder, TractTextEncoder};
@@ -125,13 +125,13 @@ pub fn doctor(args: DoctorArgs) -> Result<ExitCode> {
             Some(b)
         }
         Err(error) => {
-            report.line(
-                "bundle",
-                Status::Fail {
-                    error,
-                    fix: "point `bundle` at an intact bundle (models/BUNDLE_FORMAT.md; re-copy or re-export it)",
-                },
-            );
+            let fix = match error.downcast_ref() {
+                Some(BundleError::UnknownVariant { .. }) => {
+                    "set engine.variant to one the bundle has, or add the variant to the bundle (models/BUNDLE_FORMAT.md)"
+                }
+                _ => "point `bundle` at an intact bundle (models/BUNDLE_FORMAT.md; re-copy or re-export it)",
+            };
+            report.line("bundle", Status::Fail { error, fix });
             None
         }
     };
