@@ -1,6 +1,11 @@
 //! Model bundles: a directory with `manifest.json`, two ONNX encoders and a tokenizer
 //! (see `models/BUNDLE_FORMAT.md`). Opening a bundle checks the manifest's internal consistency
 //! and every file's sha256; the encoder backends check the ONNX graphs against it when they load.
+//!
+//! A bundle may also carry reduced-precision copies of its encoders (`variants`, written by
+//! `models/export/variants.py`). Opening a bundle always selects the fp32 originals;
+//! [`Bundle::with_variant`] selects a variant, after which the encoder paths name its files, so
+//! every backend and every caller that loads encoders from the bundle runs the same graphs.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -36,6 +41,13 @@ pub enum BundleError {
         field: String,
         msg: String,
     },
+    #[error("{}: variant {name:?} is not in this bundle (it has: {}); create it with `python models/export/variants.py --bundle {} --variants {name}`, or remove engine.variant from the config to run the fp32 originals", path.display(), list_or_none(known), dir.display())]
+    UnknownVariant {
+        path: PathBuf,
+        dir: PathBuf,
+        name: String,
+        known: Vec<String>,
+    },
     #[error("{}: file listed in manifest `files` is missing", path.display())]
     MissingFile { path: PathBuf },
     #[error("{}: sha256 {actual} does not match manifest `files.{name}` = {expected}", path.display())]
@@ -45,6 +57,14 @@ pub enum BundleError {
         expected: String,
         actual: String,
     },
+}
+
+fn list_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
 }
 
 /// One axis of a declared tensor shape: the dynamic batch axis or a fixed size.
@@ -106,6 +126,50 @@ pub struct FileRef {
     pub file: String,
 }
 
+/// One tower's file in a reduced-precision variant, with the accuracy price measured when it was
+/// made (embedding cosine against the fp32 original on a fixed probe batch).
+#[derive(Debug, Clone, Deserialize)]
+pub struct VariantFile {
+    pub file: String,
+    #[serde(default)]
+    pub bytes: Option<u64>,
+    #[serde(default)]
+    pub min_cosine_vs_fp32: Option<f64>,
+    #[serde(default)]
+    pub mean_cosine_vs_fp32: Option<f64>,
+}
+
+/// A reduced-precision variant (`variants.<name>` in the manifest). A tower it lacks runs the
+/// fp32 original.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct VariantSpec {
+    #[serde(default)]
+    pub image_encoder: Option<VariantFile>,
+    #[serde(default)]
+    pub text_encoder: Option<VariantFile>,
+}
+
+impl VariantSpec {
+    /// `(tower name, file)` for each tower the variant has.
+    fn towers(&self) -> impl Iterator<Item = (&'static str, &VariantFile)> {
+        [
+            ("image_encoder", self.image_encoder.as_ref()),
+            ("text_encoder", self.text_encoder.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(t, f)| f.map(|f| (t, f)))
+    }
+}
+
+/// Whether `name` is a valid variant name: non-empty ASCII `[a-z0-9_-]` (it becomes part of file
+/// and cache names).
+pub fn is_variant_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
 /// The image transform: open_clip's eval preprocessing.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ImageSpec {
@@ -141,6 +205,9 @@ pub struct Manifest {
     pub text_encoder: EncoderSpec,
     pub tokenizer: FileRef,
     pub files: BTreeMap<String, String>,
+    /// Reduced-precision copies of the encoders, by name (`int8`, `fp16`, …).
+    #[serde(default)]
+    pub variants: BTreeMap<String, VariantSpec>,
 }
 
 /// A verified bundle: manifest consistent, every listed file present with the right hash.
@@ -150,6 +217,8 @@ pub struct Bundle {
     pub manifest: Manifest,
     /// sha256 of `manifest.json`, which pins every file's hash: the bundle's identity.
     pub sha256: String,
+    /// The selected entry of `manifest.variants`; `None`: the fp32 originals.
+    variant: Option<String>,
 }
 
 impl Bundle {
@@ -171,6 +240,22 @@ impl Bundle {
                 source,
             })?;
         manifest.validate(&path)?;
+        // Checked before the hashes so a missing variant file is named by its manifest field.
+        for (name, spec) in &manifest.variants {
+            for (tower, vf) in spec.towers() {
+                if !dir.join(&vf.file).is_file() {
+                    return Err(BundleError::Field {
+                        path: path.clone(),
+                        field: format!("variants.{name}.{tower}.file"),
+                        msg: format!(
+                            "{:?} is missing from the bundle; re-create it with `python models/export/variants.py --bundle {} --variants {name}`",
+                            vf.file,
+                            dir.display()
+                        ),
+                    });
+                }
+            }
+        }
         for (name, expected) in &manifest.files {
             let file = dir.join(name);
             let actual = sha256_file(&file).map_err(|source| {
@@ -196,7 +281,92 @@ impl Bundle {
             dir: dir.to_path_buf(),
             manifest,
             sha256: sha256_hex(&bytes),
+            variant: None,
         })
+    }
+
+    /// This bundle with `variant`'s encoders selected (`None`: the fp32 originals). A tower the
+    /// variant lacks stays fp32, which is logged once here.
+    pub fn with_variant(mut self, variant: Option<&str>) -> Result<Bundle, BundleError> {
+        let Some(name) = variant else {
+            self.variant = None;
+            return Ok(self);
+        };
+        let spec = self.variant_spec(name)?;
+        for (tower, present, fp32) in [
+            (
+                "image_encoder",
+                spec.image_encoder.is_some(),
+                &self.manifest.image_encoder.file,
+            ),
+            (
+                "text_encoder",
+                spec.text_encoder.is_some(),
+                &self.manifest.text_encoder.file,
+            ),
+        ] {
+            if !present {
+                log::info!(
+                    "bundle {}: variant {name:?} has no {tower}; running the fp32 {fp32}",
+                    self.manifest.name
+                );
+            }
+        }
+        self.variant = Some(name.to_string());
+        Ok(self)
+    }
+
+    /// The selected variant's name; `None`: the fp32 originals.
+    pub fn variant(&self) -> Option<&str> {
+        self.variant.as_deref()
+    }
+
+    /// The variant called `name`, or a typed error naming the variants the bundle has.
+    fn variant_spec(&self, name: &str) -> Result<&VariantSpec, BundleError> {
+        self.manifest
+            .variants
+            .get(name)
+            .ok_or_else(|| BundleError::UnknownVariant {
+                path: self.manifest_path(),
+                dir: self.dir.clone(),
+                name: name.to_string(),
+                known: self.manifest.variants.keys().cloned().collect(),
+            })
+    }
+
+    /// The image encoder file of `variant` (`None`, or a variant without an image tower: fp32).
+    pub fn image_encoder_path_for(&self, variant: Option<&str>) -> Result<PathBuf, BundleError> {
+        let file = match variant {
+            Some(name) => self.variant_spec(name)?.image_encoder.as_ref(),
+            None => None,
+        };
+        Ok(self
+            .dir
+            .join(file.map_or(&self.manifest.image_encoder.file, |f| &f.file)))
+    }
+
+    /// The text encoder file of `variant` (`None`, or a variant without a text tower: fp32).
+    pub fn text_encoder_path_for(&self, variant: Option<&str>) -> Result<PathBuf, BundleError> {
+        let file = match variant {
+            Some(name) => self.variant_spec(name)?.text_encoder.as_ref(),
+            None => None,
+        };
+        Ok(self
+            .dir
+            .join(file.map_or(&self.manifest.text_encoder.file, |f| &f.file)))
+    }
+
+    /// Whether the selected variant replaces the text tower (so its embeddings differ from
+    /// the fp32 text encoder's).
+    pub fn text_encoder_is_variant(&self) -> bool {
+        self.selected_spec()
+            .is_some_and(|s| s.text_encoder.is_some())
+    }
+
+    fn selected_spec(&self) -> Option<&VariantSpec> {
+        self.variant
+            .as_deref()
+            .and_then(|n| self.manifest.variants.get(n))
     }
 
     /// Short identifier logged with every frame: `name@<first 12 hex of the bundle hash>`.
@@ -208,12 +378,18 @@ impl Bundle {
         self.dir.join(MANIFEST)
     }
 
+    /// The image encoder the selected variant runs (fp32 when none is selected).
     pub fn image_encoder_path(&self) -> PathBuf {
-        self.dir.join(&self.manifest.image_encoder.file)
+        let file = self.selected_spec().and_then(|s| s.image_encoder.as_ref());
+        self.dir
+            .join(file.map_or(&self.manifest.image_encoder.file, |f| &f.file))
     }
 
+    /// The text encoder the selected variant runs (fp32 when none is selected).
     pub fn text_encoder_path(&self) -> PathBuf {
-        self.dir.join(&self.manifest.text_encoder.file)
+        let file = self.selected_spec().and_then(|s| s.text_encoder.as_ref());
+        self.dir
+            .join(file.map_or(&self.manifest.text_encoder.file, |f| &f.file))
     }
 
     pub fn tokenizer_path(&self) -> PathBuf {
@@ -326,6 +502,31 @@ impl Manifest {
                     "files",
                     format!("{field} {file:?} is not listed with a sha256"),
                 ));
+            }
+        }
+        for (name, spec) in &self.variants {
+            if !is_variant_name(name) {
+                return Err(bad(
+                    &format!("variants.{name}"),
+                    "variant names are lowercase ASCII letters, digits, '_' and '-'".into(),
+                ));
+            }
+            if spec.image_encoder.is_none() && spec.text_encoder.is_none() {
+                return Err(bad(
+                    &format!("variants.{name}"),
+                    "lists neither image_encoder nor text_encoder; re-create it with models/export/variants.py or remove it".into(),
+                ));
+            }
+            for (tower, vf) in spec.towers() {
+                if !self.files.contains_key(&vf.file) {
+                    return Err(bad(
+                        &format!("variants.{name}.{tower}.file"),
+                        format!(
+                            "{:?} is not listed in `files` with a sha256; re-create the variant with `python models/export/variants.py --bundle DIR --variants {name}`",
+                            vf.file
+                        ),
+                    ));
+                }
             }
         }
         for (name, hash) in &self.files {
@@ -459,5 +660,142 @@ mod tests {
             Bundle::open(empty.path()),
             Err(BundleError::NoManifest { .. })
         ));
+    }
+
+    /// The test manifest with an `int8` variant of both towers (files listed and written).
+    fn with_int8(dir: &Path, variants: &str, listed: &[&str]) {
+        let mut files = String::new();
+        for f in listed {
+            files.push_str(&format!("\"{f}\": \"{}\", ", sha256_hex(b"q")));
+            std::fs::write(dir.join(f), b"q").unwrap();
+        }
+        let m = manifest_json(8)
+            .replace("\"tok.json\": \"", &format!("{files}\"tok.json\": \""))
+            .replace(
+                "\"files\":",
+                &format!("\"variants\": {variants},\n  \"files\":"),
+            );
+        write_bundle(dir, &m);
+    }
+
+    const INT8: &str = r#"{"int8": {
+        "image_encoder": {"file": "i.int8.onnx", "bytes": 1, "min_cosine_vs_fp32": 0.99,
+                          "mean_cosine_vs_fp32": 0.995, "future_field": true},
+        "text_encoder": {"file": "t.int8.onnx"}}}"#;
+
+    #[test]
+    fn variant_selects_its_files_and_none_keeps_fp32() {
+        let dir = tempfile::tempdir().unwrap();
+        with_int8(dir.path(), INT8, &["i.int8.onnx", "t.int8.onnx"]);
+        let b = Bundle::open(dir.path()).unwrap();
+        assert_eq!(b.variant(), None);
+        assert_eq!(b.image_encoder_path(), dir.path().join("i.onnx"));
+        assert_eq!(
+            b.image_encoder_path_for(Some("int8")).unwrap(),
+            dir.path().join("i.int8.onnx")
+        );
+        assert_eq!(
+            b.text_encoder_path_for(None).unwrap(),
+            dir.path().join("t.onnx")
+        );
+        let v = b.manifest.variants["int8"].image_encoder.clone().unwrap();
+        assert_eq!(v.min_cosine_vs_fp32, Some(0.99));
+        let int8 = b.with_variant(Some("int8")).unwrap();
+        assert_eq!(int8.variant(), Some("int8"));
+        assert_eq!(int8.image_encoder_path(), dir.path().join("i.int8.onnx"));
+        assert_eq!(int8.text_encoder_path(), dir.path().join("t.int8.onnx"));
+        assert!(int8.text_encoder_is_variant());
+        let back = int8.with_variant(None).unwrap();
+        assert_eq!(back.text_encoder_path(), dir.path().join("t.onnx"));
+        assert!(!back.text_encoder_is_variant());
+    }
+
+    #[test]
+    fn variant_without_a_tower_runs_that_tower_in_fp32() {
+        let dir = tempfile::tempdir().unwrap();
+        with_int8(
+            dir.path(),
+            r#"{"int8": {"image_encoder": {"file": "i.int8.onnx"}}}"#,
+            &["i.int8.onnx"],
+        );
+        let b = Bundle::open(dir.path())
+            .unwrap()
+            .with_variant(Some("int8"))
+            .unwrap();
+        assert_eq!(b.image_encoder_path(), dir.path().join("i.int8.onnx"));
+        assert_eq!(b.text_encoder_path(), dir.path().join("t.onnx"));
+        assert!(!b.text_encoder_is_variant());
+    }
+
+    #[test]
+    fn unknown_variant_names_what_the_bundle_has_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        with_int8(dir.path(), INT8, &["i.int8.onnx", "t.int8.onnx"]);
+        let b = Bundle::open(dir.path()).unwrap();
+        let e = b.image_encoder_path_for(Some("fp16")).unwrap_err();
+        assert!(
+            matches!(&e, BundleError::UnknownVariant { name, known, .. }
+                if name == "fp16" && known == &["int8".to_string()]),
+            "{e}"
+        );
+        let e = b.with_variant(Some("fp16")).unwrap_err().to_string();
+        assert!(e.contains("it has: int8"), "{e}");
+        assert!(e.contains("variants.py --bundle"), "{e}");
+        assert!(e.contains("--variants fp16"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        // A bundle without variants says so.
+        let plain = tempfile::tempdir().unwrap();
+        write_bundle(plain.path(), &manifest_json(8));
+        let e = Bundle::open(plain.path())
+            .unwrap()
+            .with_variant(Some("int8"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("it has: none"), "{e}");
+    }
+
+    #[test]
+    fn variant_file_missing_or_unlisted_names_its_field() {
+        let dir = tempfile::tempdir().unwrap();
+        with_int8(dir.path(), INT8, &["i.int8.onnx", "t.int8.onnx"]);
+        std::fs::remove_file(dir.path().join("t.int8.onnx")).unwrap();
+        let e = Bundle::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(&e, BundleError::Field { field, .. } if field == "variants.int8.text_encoder.file"),
+            "{e}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("manifest.json: field `variants.int8.text_encoder.file`"),
+            "{msg}"
+        );
+        assert!(msg.contains("variants.py"), "{msg}");
+
+        let dir = tempfile::tempdir().unwrap();
+        with_int8(dir.path(), INT8, &["i.int8.onnx"]);
+        std::fs::write(dir.path().join("t.int8.onnx"), b"q").unwrap();
+        let e = Bundle::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(&e, BundleError::Field { field, msg, .. }
+                if field == "variants.int8.text_encoder.file" && msg.contains("not listed in `files`")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_variant_names_and_empty_variants_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        with_int8(
+            dir.path(),
+            &INT8.replace("\"int8\"", "\"Int 8\""),
+            &["i.int8.onnx", "t.int8.onnx"],
+        );
+        let e = Bundle::open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("field `variants.Int 8`"), "{e}");
+        with_int8(dir.path(), r#"{"int8": {}}"#, &[]);
+        let e = Bundle::open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("field `variants.int8`: lists neither"), "{e}");
+        assert!(is_variant_name("fp16") && is_variant_name("int8_qdq-2"));
+        assert!(!is_variant_name("") && !is_variant_name("INT8") && !is_variant_name("a/b"));
     }
 }

@@ -100,6 +100,10 @@ pub struct EngineConfig {
     pub execution_providers: Vec<ExecutionProvider>,
     /// `ort`: the libonnxruntime shared library (default: `ORT_DYLIB_PATH`).
     pub ort_library: Option<PathBuf>,
+    /// Reduced-precision encoders to run, by their name in the bundle's `variants` (`int8`,
+    /// `fp16`, made by models/export/variants.py); both towers follow it, a tower the variant
+    /// lacks stays fp32. Absent: the fp32 originals.
+    pub variant: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -113,6 +117,7 @@ impl Default for EngineConfig {
             backend: BackendKind::Tract,
             execution_providers: vec![ExecutionProvider::Cpu],
             ort_library: None,
+            variant: None,
         }
     }
 }
@@ -544,6 +549,16 @@ pub fn validate(c: &Config) -> Result<(), (String, String)> {
     {
         return err("engine.ort_library".into(), "must not be empty");
     }
+    if let Some(v) = &e.variant {
+        if !crate::bundle::is_variant_name(v) {
+            return Err((
+                "engine.variant".into(),
+                format!(
+                    "{v:?} is not a variant name (lowercase ASCII letters, digits, '_' and '-', e.g. \"int8\"); remove the key to run the fp32 encoders"
+                ),
+            ));
+        }
+    }
     if c.decode.max_side == 0 {
         return err("decode.max_side".into(), "must be at least 1");
     }
@@ -825,6 +840,28 @@ aliases = ["pizza_dir"]
         assert_eq!(e.line, Some(17));
         let e = parse_str(&OK.replace("batch = 4", "batch = 0")).unwrap_err();
         assert_eq!(e.to_string(), "c.toml:5: engine.batch: must be at least 1");
+    }
+
+    #[test]
+    fn engine_variant_is_optional_and_checked() {
+        assert_eq!(parse_str(OK).unwrap().config.engine.variant, None);
+        let l = parse_str(&OK.replace("batch = 4", "batch = 4\nvariant = \"int8\"")).unwrap();
+        assert_eq!(l.config.engine.variant.as_deref(), Some("int8"));
+        for bad in ["", "INT8", "int 8", "../x"] {
+            let text = OK.replace("batch = 4", &format!("batch = 4\nvariant = {bad:?}"));
+            let e = parse_str(&text).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("engine.variant"), "{e}");
+            assert_eq!(e.line, Some(6), "{e}");
+            let s = e.to_string();
+            assert!(
+                s.starts_with(&format!(
+                    "c.toml:6: engine.variant: {bad:?} is not a variant name"
+                )),
+                "{s}"
+            );
+        }
+        let e = parse_str(&OK.replace("batch = 4", "batch = 4\nvariant = 8")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("engine.variant"), "{e}");
     }
 }
 

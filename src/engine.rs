@@ -5,6 +5,10 @@
 //! With a few-shot adapter the text side comes from the adapter file instead: its zero-shot
 //! class embeddings feed the `classes` table and its trained head classifies, so the text
 //! encoder is never loaded.
+//!
+//! `[engine] variant` selects reduced-precision encoders from the bundle (see
+//! models/BUNDLE_FORMAT.md); the engine's `bundle` carries that choice, so every encoder loaded
+//! from it, on either backend, runs the variant's graphs.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -68,9 +72,7 @@ impl Engine {
         )
     }
 
-    /// [`Engine::load`] with the image encoder on `backend`. Prompt embeddings are computed
-    /// once at start-up (and cached) on tract whatever the backend: they agree with ONNX
-    /// Runtime's to cosine ≥ 0.9999, and tract needs no library.
+    /// [`Engine::load`] with the image encoder on `backend`, running the fp32 encoders.
     pub fn load_on(
         backend: &Backend,
         bundle_dir: &Path,
@@ -79,7 +81,31 @@ impl Engine {
         cache_db: Option<&Path>,
         adapter: Option<&Path>,
     ) -> Result<Engine, EngineError> {
-        let bundle = Bundle::open(bundle_dir)?;
+        Self::load_variant(backend, None, bundle_dir, classes, opts, cache_db, adapter)
+    }
+
+    /// [`Engine::load_on`] running the bundle's `variant` encoders (`[engine] variant`; `None`:
+    /// fp32). Prompt embeddings are computed once at start-up (and cached, per text encoder) on
+    /// tract whatever the backend: they agree with ONNX Runtime's to cosine ≥ 0.9999, and tract
+    /// needs no library.
+    pub fn load_variant(
+        backend: &Backend,
+        variant: Option<&str>,
+        bundle_dir: &Path,
+        classes: Vec<ClassSpec>,
+        opts: EncoderOptions,
+        cache_db: Option<&Path>,
+        adapter: Option<&Path>,
+    ) -> Result<Engine, EngineError> {
+        let bundle = Bundle::open(bundle_dir)?.with_variant(variant)?;
+        if let Some(name) = bundle.variant() {
+            log::info!(
+                "model {}: variant {name}: {} and {}",
+                bundle.model_id(),
+                file_name(&bundle.image_encoder_path()),
+                file_name(&bundle.text_encoder_path())
+            );
+        }
         // Check the adapter before the (slower) encoder load: a mismatch is the likelier error.
         let adapter = match adapter {
             Some(path) => {
@@ -110,7 +136,7 @@ impl Engine {
         let prompts = distinct_prompts(&classes);
         let mut embeddings: HashMap<String, Vec<f32>> = HashMap::new();
         if let Some(db) = cache_db.filter(|p| p.exists()) {
-            match read_cache(db, &bundle.sha256, &prompts) {
+            match read_cache(db, &text_cache_key(&bundle), &prompts) {
                 Ok(found) => embeddings = found,
                 // A cache is an optimisation: an unreadable one is reported, then recomputed.
                 Err(e) => log::warn!("text-embedding cache not used: {e}"),
@@ -170,7 +196,8 @@ impl Engine {
     /// Record the text side in the database: new prompt embeddings and the class table.
     pub fn save_text_side(&self, store: &mut Store) -> Result<(), StoreError> {
         if !self.new_prompt_embeddings.is_empty() {
-            store.put_text_embeddings(&self.bundle.sha256, &self.new_prompt_embeddings)?;
+            store
+                .put_text_embeddings(&text_cache_key(&self.bundle), &self.new_prompt_embeddings)?;
         }
         let records: Vec<ClassRecord> = self
             .classes
@@ -186,6 +213,22 @@ impl Engine {
         store.put_classes(&self.bundle.model_id(), &records)?;
         Ok(())
     }
+}
+
+/// What cached prompt embeddings are filed under: the bundle hash, plus the variant's name when
+/// the variant replaces the text encoder (its embeddings differ from the fp32 encoder's).
+fn text_cache_key(bundle: &Bundle) -> String {
+    match bundle.variant() {
+        Some(v) if bundle.text_encoder_is_variant() => format!("{}+{v}", bundle.sha256),
+        _ => bundle.sha256.clone(),
+    }
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map_or_else(
+        || p.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 fn read_cache(

@@ -55,6 +55,10 @@ pub struct BenchArgs {
     /// (tract's default 64).
     #[arg(long, hide = true, value_name = "PANELS")]
     tract_panel_threshold: Option<usize>,
+    /// Run the bundle's reduced-precision encoders of this name (e.g. int8) [default: the
+    /// config's engine.variant, else the fp32 originals].
+    #[arg(long, value_name = "NAME")]
+    variant: Option<String>,
     #[command(flatten)]
     adapter: AdapterArg,
     /// Batch sizes to measure, comma separated.
@@ -82,6 +86,8 @@ pub struct BenchArgs {
 /// One measured configuration.
 struct Row {
     backend: &'static str,
+    /// The bundle variant timed (`None`: fp32).
+    variant: Option<String>,
     threads: usize,
     lanes: usize,
     batch: usize,
@@ -106,6 +112,7 @@ impl Row {
     fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "backend": self.backend,
+            "variant": self.variant,
             "threads": self.threads,
             "lanes": self.lanes,
             "batch": self.batch,
@@ -183,6 +190,13 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
         args.threads.clone()
     };
     let threads = thread_counts[0];
+    let variant = args.variant.as_deref().or(c.engine.variant.as_deref());
+    if let Some(v) = variant.filter(|v| !clipd::bundle::is_variant_name(v)) {
+        return Err(UsageError(format!(
+            "--variant {v:?}: variant names are lowercase ASCII letters, digits, '_' and '-', e.g. int8"
+        ))
+        .into());
+    }
     let bundle_path = bundle_dir(args.bundle.as_deref(), Some(&cfg));
     let backends = backends(&args.backend, &c.engine, &cfg.base);
 
@@ -212,7 +226,9 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
     } else {
         let classes = ClassSpec::from_config(&c.classes, &c.prompts);
         let adapter = adapter_path(args.adapter.adapter.as_deref(), Some(&cfg));
-        Some(Engine::load(
+        Some(Engine::load_variant(
+            &Backend::Tract,
+            variant,
             &bundle_path,
             classes,
             EncoderOptions { batch: 1, threads },
@@ -222,7 +238,7 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
     };
     let bundle = match &engine {
         Some(e) => e.bundle.clone(),
-        None => Bundle::open(&bundle_path)?,
+        None => Bundle::open(&bundle_path)?.with_variant(variant)?,
     };
     let t = Transform::from_spec(&bundle.manifest.image);
     let mut tensors = Vec::new();
@@ -236,8 +252,12 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
     }
     if !args.json {
         println!(
-            "model {} (image {}px, embed {}), {} frames per round, {} rounds",
+            "model {}{} (image {}px, embed {}), {} frames per round, {} rounds",
             bundle.model_id(),
+            bundle
+                .variant()
+                .map(|v| format!(" variant {v}"))
+                .unwrap_or_default(),
             bundle.manifest.image.size,
             bundle.manifest.embed_dim,
             files.len(),
@@ -304,6 +324,7 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
                     };
                     let row = Row {
                         backend: name,
+                        variant: bundle.variant().map(str::to_string),
                         threads,
                         lanes,
                         batch: b,

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use clipd::adapter::file::Adapter;
-use clipd::bundle::Bundle;
+use clipd::bundle::{Bundle, BundleError};
 use clipd::classes::ClassSpec;
 use clipd::config::{Loaded, SourceKind};
 use clipd::encoder::{EncoderOptions, TractImageEncoder, TractTextEncoder};
@@ -116,19 +116,22 @@ pub fn doctor(args: DoctorArgs) -> Result<ExitCode> {
     let config_failed = config_file.is_some() && config.is_none();
 
     let bundle_path = bundle_dir(args.bundle.as_deref(), config.as_ref());
-    let bundle = match check_bundle(&bundle_path) {
+    let variant = config
+        .as_ref()
+        .and_then(|l| l.config.engine.variant.as_deref());
+    let bundle = match check_bundle(&bundle_path, variant) {
         Ok((b, msg)) => {
             report.line("bundle", Status::Ok(msg));
             Some(b)
         }
         Err(error) => {
-            report.line(
-                "bundle",
-                Status::Fail {
-                    error,
-                    fix: "point `bundle` at an intact bundle (models/BUNDLE_FORMAT.md; re-copy or re-export it)",
-                },
-            );
+            let fix = match error.downcast_ref() {
+                Some(BundleError::UnknownVariant { .. }) => {
+                    "set engine.variant to one the bundle has, or add the variant to the bundle (models/BUNDLE_FORMAT.md)"
+                }
+                _ => "point `bundle` at an intact bundle (models/BUNDLE_FORMAT.md; re-copy or re-export it)",
+            };
+            report.line("bundle", Status::Fail { error, fix });
             None
         }
     };
@@ -186,16 +189,29 @@ pub fn doctor(args: DoctorArgs) -> Result<ExitCode> {
     Ok(report.first_failure.unwrap_or(ExitCode::SUCCESS))
 }
 
-/// Open and verify the bundle (manifest and sha256 of every file), then load both encoders and
-/// the tokenizer as the daemon will.
-fn check_bundle(dir: &Path) -> Result<(Bundle, String)> {
-    let b = Bundle::open(dir)?;
+/// Open and verify the bundle (manifest and sha256 of every file), then load both encoders (of
+/// the configured variant) and the tokenizer as the daemon will.
+fn check_bundle(dir: &Path, variant: Option<&str>) -> Result<(Bundle, String)> {
+    let b = Bundle::open(dir)?.with_variant(variant)?;
     let opts = EncoderOptions::default();
     TractImageEncoder::load(&b, opts)?;
     TractTextEncoder::load(&b, opts)?;
     ClipTokenizer::load(&b.tokenizer_path(), &b.manifest.text)?;
+    let running = match b.variant() {
+        Some(v) => format!(", running variant {v}"),
+        None if b.manifest.variants.is_empty() => String::new(),
+        None => format!(
+            ", running fp32 (variants: {})",
+            b.manifest
+                .variants
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
     let msg = format!(
-        "{}: {}, {} files verified, encoders and tokenizer load",
+        "{}: {}, {} files verified, encoders and tokenizer load{running}",
         dir.display(),
         b.model_id(),
         b.manifest.files.len()

@@ -199,7 +199,11 @@ impl Graph {
             field: format!("{field}.{sub}"),
             msg,
         };
+        // value_info (intermediate shapes, written by ONNX shape inference, e.g. in quantised
+        // variants) names the symbolic batch, which clashes with the fixed batch set below;
+        // tract infers those shapes itself.
         let mut model = tract_onnx::onnx()
+            .with_ignore_value_info(true)
             .model_for_path(path)
             .map_err(|e| load_err(path, e))?;
         let inputs = model
@@ -395,6 +399,7 @@ impl TractImageEncoder {
             lanes,
             executor: explicit_executor,
         };
+        warn_if_int8(bundle);
         let m = &bundle.manifest;
         let s = m.image.size;
         let path = bundle.image_encoder_path();
@@ -414,6 +419,19 @@ impl TractImageEncoder {
             cache.as_ref(),
         )?;
         Ok(TractImageEncoder { graph, size: s })
+    }
+}
+
+/// The `int8` variant is ONNX Runtime's dynamic quantisation, which tract runs far slower than
+/// the fp32 graph: said once per process, with the fix.
+fn warn_if_int8(bundle: &Bundle) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    if bundle.variant() == Some("int8") {
+        WARNED.call_once(|| {
+            log::warn!(
+                "engine.variant = \"int8\" on tract: tract runs dynamically quantised int8 graphs far slower than fp32; use backend = \"ort\" for int8, or drop engine.variant (docs/performance.md)"
+            )
+        });
     }
 }
 
@@ -623,6 +641,10 @@ mod tests {
         // Another batch is another entry, and is not pruned by this one.
         let b4 = cache::Entry::new(dir.path(), "tiny", &other_sha, &path, 4);
         assert_ne!(b4.tar(), changed.tar());
+        // A variant's graph (another file stem) is another entry.
+        let int8 = path.with_file_name("image_encoder.int8.onnx");
+        let int8 = cache::Entry::new(dir.path(), "tiny", &other_sha, &int8, 2);
+        assert_ne!(int8.tar(), changed.tar());
     }
 
     #[test]

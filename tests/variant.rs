@@ -1,0 +1,353 @@
+//! Reduced-precision encoder variants end to end: the shipped tiny model with its int8 variant
+//! (tests/fixtures/tiny-int8, laid over a copy of models/tiny-clip) run by tract, against the
+//! fp32 originals; the engine and `clipd bench` following the chosen variant.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use clipd::bundle::{Bundle, BundleError};
+use clipd::classes::ClassSpec;
+use clipd::encoder::{
+    encode_texts, l2_normalize_rows, Backend, EncoderOptions, ImageEncoder, TractImageEncoder,
+    TractTextEncoder,
+};
+use clipd::engine::{Engine, EngineError};
+use clipd::preprocess::{DecodeLimits, Transform};
+use clipd::store::{Store, StoreOptions};
+use clipd::tokenizer::ClipTokenizer;
+use common::*;
+
+/// models/tiny-clip plus the committed int8 encoders and the manifest that lists them.
+fn int8_bundle(dir: &Path) -> PathBuf {
+    let b = dir.join("tiny-int8");
+    std::fs::create_dir_all(&b).unwrap();
+    for f in ["image_encoder.onnx", "text_encoder.onnx", "tokenizer.json"] {
+        if std::fs::hard_link(bundle_dir().join(f), b.join(f)).is_err() {
+            std::fs::copy(bundle_dir().join(f), b.join(f)).unwrap();
+        }
+    }
+    let fixture = fixtures().join("tiny-int8");
+    for f in [
+        "image_encoder.int8.onnx",
+        "text_encoder.int8.onnx",
+        "manifest.json",
+    ] {
+        std::fs::copy(fixture.join(f), b.join(f)).unwrap();
+    }
+    b
+}
+
+fn opts(batch: usize) -> EncoderOptions {
+    EncoderOptions { batch, threads: 1 }
+}
+
+/// The fixture images, preprocessed, back to back, and how many there are.
+fn fixture_pixels(bundle: &Bundle) -> (usize, Vec<f32>) {
+    let t = Transform::from_spec(&bundle.manifest.image);
+    let names = read_json(&fixtures().join("images.json"));
+    let names = names.as_array().unwrap();
+    let mut px = Vec::new();
+    for n in names {
+        let p = fixtures().join("images").join(n.as_str().unwrap());
+        px.extend(t.load(&p, &DecodeLimits::default()).unwrap());
+    }
+    (names.len(), px)
+}
+
+/// Normalised embeddings of `count` images, a batch at a time.
+fn embed_images(enc: &mut dyn ImageEncoder, px: &[f32], count: usize) -> Vec<f32> {
+    let per = px.len() / count;
+    let mut out = Vec::new();
+    for chunk in px.chunks(enc.batch_size() * per) {
+        out.extend(enc.encode(chunk, chunk.len() / per).unwrap());
+    }
+    l2_normalize_rows(&mut out, enc.embed_dim());
+    out
+}
+
+/// Per-row cosines of two `rows × d` matrices.
+fn row_cosines(a: &[f32], b: &[f32], d: usize) -> Vec<f32> {
+    a.chunks(d)
+        .zip(b.chunks(d))
+        .map(|(x, y)| cosine(x, y))
+        .collect()
+}
+
+#[test]
+fn int8_image_encoder_on_tract_stays_close_to_fp32() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fp32 = Bundle::open(&int8_bundle(tmp.path())).unwrap();
+    let int8 = fp32.clone().with_variant(Some("int8")).unwrap();
+    assert!(int8
+        .image_encoder_path()
+        .ends_with("image_encoder.int8.onnx"));
+    let (n, px) = fixture_pixels(&fp32);
+    let d = fp32.manifest.embed_dim;
+    let want = embed_images(
+        &mut TractImageEncoder::load(&fp32, opts(4)).unwrap(),
+        &px,
+        n,
+    );
+    let got = embed_images(
+        &mut TractImageEncoder::load(&int8, opts(4)).unwrap(),
+        &px,
+        n,
+    );
+    let cos = row_cosines(&got, &want, d);
+    let worst = cos.iter().copied().fold(1f32, f32::min);
+    eprintln!("int8 vs fp32 image cosine over {n} images: worst {worst:.6}");
+    assert!(worst >= 0.99, "int8 vs fp32 image cosine {worst} < 0.99");
+    // It really ran another graph: quantisation moves every embedding a little.
+    assert!(
+        worst < 0.99999,
+        "int8 embeddings equal fp32's: variant not loaded"
+    );
+
+    // The default (no variant) is the fp32 original, unchanged by the variant's presence.
+    let shipped = Bundle::open(&bundle_dir()).unwrap();
+    let plain = embed_images(
+        &mut TractImageEncoder::load(&shipped, opts(4)).unwrap(),
+        &px,
+        n,
+    );
+    assert_eq!(plain, want, "fp32 path changed");
+}
+
+#[test]
+fn int8_text_encoder_on_tract_stays_close_to_fp32() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fp32 = Bundle::open(&int8_bundle(tmp.path())).unwrap();
+    let int8 = fp32.clone().with_variant(Some("int8")).unwrap();
+    let prompts: Vec<String> = read_json(&fixtures().join("prompts.json"))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let tok = ClipTokenizer::load(&fp32.tokenizer_path(), &fp32.manifest.text).unwrap();
+    let ids = tok.encode_all(&prompts).unwrap();
+    let d = fp32.manifest.embed_dim;
+    let embed = |b: &Bundle| {
+        let mut enc = TractTextEncoder::load(b, opts(4)).unwrap();
+        let mut e = encode_texts(&mut enc, &ids).unwrap();
+        l2_normalize_rows(&mut e, d);
+        e
+    };
+    let cos = row_cosines(&embed(&int8), &embed(&fp32), d);
+    let worst = cos.iter().copied().fold(1f32, f32::min);
+    eprintln!(
+        "int8 vs fp32 text cosine over {} prompts: worst {worst:.6}",
+        prompts.len()
+    );
+    assert!(worst >= 0.99, "int8 vs fp32 text cosine {worst} < 0.99");
+    assert!(worst < 0.99999, "int8 text embeddings equal fp32's");
+}
+
+fn classes() -> Vec<ClassSpec> {
+    ["circle", "square", "triangle"]
+        .iter()
+        .map(|n| ClassSpec {
+            name: n.to_string(),
+            domain: Some("shape".into()),
+            prompts: vec![format!("a photo of a {n}.")],
+            aliases: vec![],
+        })
+        .collect()
+}
+
+#[test]
+fn engine_runs_the_variant_and_keeps_its_prompt_cache_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = int8_bundle(tmp.path());
+    let db = tmp.path().join("cache.db");
+    let load = |variant: Option<&str>| {
+        Engine::load_variant(
+            &Backend::Tract,
+            variant,
+            &dir,
+            classes(),
+            opts(1),
+            Some(&db),
+            None,
+        )
+        .unwrap()
+    };
+    let fp32 = load(None);
+    assert_eq!(fp32.bundle.variant(), None);
+    let mut store = Store::open(&db, &StoreOptions::default()).unwrap();
+    fp32.save_text_side(&mut store).unwrap();
+    drop(store);
+
+    // int8 replaces the text tower: fp32 prompt embeddings must not be reused for it.
+    let int8 = load(Some("int8"));
+    assert_eq!(int8.bundle.variant(), Some("int8"));
+    assert_eq!(int8.cached_prompts, 0);
+    assert_eq!(int8.new_prompt_embeddings.len(), 3);
+    let d = int8.bundle.manifest.embed_dim;
+    for (i, c) in row_cosines(int8.head.weights(), fp32.head.weights(), d)
+        .into_iter()
+        .enumerate()
+    {
+        assert!(c >= 0.99, "class {i}: int8 vs fp32 text cosine {c}");
+    }
+    // The same bundle and variant still share one model id (history rows stay comparable).
+    assert_eq!(int8.bundle.model_id(), fp32.bundle.model_id());
+    let again = load(None);
+    assert_eq!(again.cached_prompts, 3, "fp32 reuses its own cache");
+
+    // An unknown variant is a bundle error naming what the bundle has.
+    let err = match Engine::load_variant(
+        &Backend::Tract,
+        Some("fp16"),
+        &dir,
+        classes(),
+        opts(1),
+        None,
+        None,
+    ) {
+        Err(e) => e,
+        Ok(_) => panic!("an unknown variant loaded"),
+    };
+    assert!(
+        matches!(&err, EngineError::Bundle(BundleError::UnknownVariant { known, .. }) if known == &["int8".to_string()]),
+        "{err}"
+    );
+}
+
+/// A config for `clipd bench` on the int8 bundle with a few fieldset frames.
+fn bench_config(dir: &Path, bundle: &Path, engine: &str) -> PathBuf {
+    let frames = dir.join("frames");
+    copy_frames(&frames, &["circle", "square"], 1);
+    let cfg = dir.join("clipd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "bundle = {bundle:?}\n[engine]\n{engine}\n[[sources]]\nkind = \"dir\"\npath = {frames:?}\n\n[[classes]]\nname = \"circle\"\n\n[[classes]]\nname = \"square\"\n"
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+#[test]
+fn bench_variant_flag_overrides_the_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = int8_bundle(tmp.path());
+    let cfg = bench_config(tmp.path(), &bundle, "variant = \"fp16\"");
+    let cfg = cfg.to_str().unwrap();
+    let common = [
+        "bench",
+        "--config",
+        cfg,
+        "--encoder-only",
+        "--batch",
+        "1",
+        "--rounds",
+        "1",
+        "--json",
+    ];
+    // The config's fp16 is not in the bundle: a bundle error (exit 3) naming the fix.
+    let o = run(&common);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("variant \"fp16\" is not in this bundle"),
+        "{err}"
+    );
+    assert!(err.contains("it has: int8"), "{err}");
+    // --variant int8 overrides it, and each row says which variant it timed.
+    let mut args = common.to_vec();
+    args.extend(["--variant", "int8"]);
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let row: serde_json::Value = serde_json::from_str(stdout(&o).lines().next().unwrap()).unwrap();
+    assert_eq!(row["variant"], "int8");
+    assert_eq!(row["backend"], "tract");
+    let mut args = common.to_vec();
+    args.extend(["--variant", "Int8"]);
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[cfg(feature = "ort")]
+mod ort {
+    use super::*;
+    use clipd::encoder::{ExecutionProvider, OrtImageEncoder, OrtSettings};
+
+    /// ORT_DYLIB_PATH, else the libonnxruntime of the installed onnxruntime wheel.
+    fn ort_library() -> PathBuf {
+        if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+            return PathBuf::from(p);
+        }
+        let out = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))",
+            ])
+            .output()
+            .expect("python3 with onnxruntime, or ORT_DYLIB_PATH");
+        let capi = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("capi");
+        let mut libs: Vec<PathBuf> = std::fs::read_dir(&capi)
+            .unwrap_or_else(|e| panic!("{}: {e}", capi.display()))
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("libonnxruntime.so"))
+            })
+            .collect();
+        libs.sort();
+        libs.pop()
+            .expect("a libonnxruntime.so in the onnxruntime wheel")
+    }
+
+    /// ONNX Runtime's dynamic quantisation scales activations per whole input tensor, so an
+    /// image's int8 embedding depends on what shares its batch: compared at batch 1, against
+    /// ONNX Runtime's own (Python) result for the committed graph.
+    #[test]
+    fn ort_on_the_int8_variant_matches_onnx_runtime_and_stays_near_fp32() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fp32 = Bundle::open(&int8_bundle(tmp.path())).unwrap();
+        let int8 = fp32.clone().with_variant(Some("int8")).unwrap();
+        let settings = OrtSettings {
+            library: Some(ort_library()),
+            providers: vec![ExecutionProvider::Cpu],
+        };
+        let (n, px) = fixture_pixels(&int8);
+        let d = int8.manifest.embed_dim;
+        let got = embed_images(
+            &mut OrtImageEncoder::load(&int8, opts(1), &settings).unwrap(),
+            &px,
+            n,
+        );
+        let reference: clipd::npy::Array<f32> =
+            clipd::npy::read(&fixtures().join("tiny-int8/ort_image_embeds_b1.npy")).unwrap();
+        assert_eq!(reference.shape, vec![n, d]);
+        let worst_ref = row_cosines(&got, &reference.data, d)
+            .into_iter()
+            .fold(1f32, f32::min);
+        let want = embed_images(
+            &mut TractImageEncoder::load(&fp32, opts(1)).unwrap(),
+            &px,
+            n,
+        );
+        let worst_fp32 = row_cosines(&got, &want, d).into_iter().fold(1f32, f32::min);
+        eprintln!(
+            "ort int8 over {n} images: worst cosine {worst_ref:.6} vs ONNX Runtime (Python), \
+             {worst_fp32:.6} vs fp32"
+        );
+        assert!(
+            worst_ref >= 0.999,
+            "ort int8 vs ONNX Runtime int8 cosine {worst_ref}"
+        );
+        assert!(
+            worst_fp32 >= 0.98,
+            "ort int8 vs fp32 cosine {worst_fp32} < 0.98"
+        );
+        assert!(
+            worst_fp32 < 0.9999,
+            "int8 embeddings equal fp32's: variant not loaded"
+        );
+    }
+}
