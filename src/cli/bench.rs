@@ -22,7 +22,6 @@ use clipd::engine::Engine;
 use clipd::head::Classifier;
 use clipd::pipeline::{self, PipelineOptions};
 use clipd::preprocess::Transform;
-use clipd::refiner::{BufferedFrame, RefineConfig, RefineContext, RefinerHandle};
 use clipd::source::{self, FrameSource, Next, Payload};
 use clipd::store::{BatchWriter, Store, StoreOptions, WriteOp};
 
@@ -278,7 +277,9 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(&tmp)?;
     if args.transduct {
         let result = match &engine {
-            Some(engine) => refiner_latency(engine, &cfg, &files, threads, &tmp),
+            Some(engine) => super::bench_transduct::latency::refiner_latency(
+                engine, &cfg, &files, threads, &tmp,
+            ),
             None => Ok(()),
         };
         let _ = std::fs::remove_dir_all(&tmp);
@@ -438,8 +439,6 @@ fn time_pipeline(
         tx,
         model_id: engine.bundle.model_id(),
         adapter_id: engine.adapter_id(),
-        latencies: Vec::new(),
-        refiner: None,
     };
     let started = Instant::now();
     let (stats, sink) = pipeline::run(
@@ -534,25 +533,11 @@ struct BenchSink {
     tx: std::sync::mpsc::SyncSender<WriteOp>,
     model_id: String,
     adapter_id: Option<String>,
-    latencies: Vec<u64>,
-    refiner: Option<(RefinerHandle, std::collections::HashMap<String, usize>)>,
 }
 
 impl pipeline::Sink for BenchSink {
     fn accept(&mut self, r: pipeline::FrameResult) -> Result<(), String> {
-        self.latencies.push(r.latency_us);
         let id = r.seq as i64 + 1;
-        if let (Some((h, index)), Ok(c), Some(e)) = (&self.refiner, &r.outcome, &r.embedding) {
-            if let Some(&class) = index.get(&c.label) {
-                h.push(BufferedFrame {
-                    id,
-                    ts_ms: r.ts_ms,
-                    source: r.source.clone(),
-                    class,
-                    embedding: e.clone(),
-                });
-            }
-        }
         let mut rec = to_record(r, &self.model_id);
         rec.id = Some(id);
         rec.embedding = None;
@@ -561,106 +546,4 @@ impl pipeline::Sink for BenchSink {
             .send(WriteOp::Frame(rec))
             .map_err(|_| "the database writer stopped".to_string())
     }
-}
-
-/// p50/p99 per-frame latency of the whole pipeline (batch 1, frames fed as fast as they
-/// decode) without and with a TransCLIP refiner re-deciding a 1024-frame buffer every 64
-/// frames beside it.
-fn refiner_latency(
-    engine: &Engine,
-    cfg: &clipd::config::Loaded,
-    files: &[std::path::PathBuf],
-    threads: usize,
-    tmp: &std::path::Path,
-) -> Result<()> {
-    let c = &cfg.config;
-    let labels: Vec<String> = engine.classes.iter().map(|c| c.name.clone()).collect();
-    let mut rows = Vec::new();
-    for with_refiner in [false, true] {
-        let db = tmp.join(format!("latency-{with_refiner}.db"));
-        let store = Store::open(&db, &StoreOptions::default())?;
-        let (tx, rx) = sync_channel::<WriteOp>(c.engine.queue);
-        let writer = BatchWriter::spawn(store, rx)?;
-        let classifier: Arc<dyn Classifier> = Arc::from(engine.classifier());
-        let (refiner, handle) = if with_refiner {
-            let rc = RefineConfig {
-                method: "transclip".into(),
-                every_frames: 64,
-                buffer: 1024,
-                ..Default::default()
-            };
-            let params = RefineContext::params(&rc, labels.len(), false)?;
-            let ctx =
-                RefineContext::for_engine(engine, classifier.clone(), params, Some(rc.max_changed));
-            let (h, r) = clipd::refiner::spawn(&rc, ctx, tx.clone())?;
-            let index = labels
-                .iter()
-                .enumerate()
-                .map(|(i, l)| (l.clone(), i))
-                .collect();
-            (Some(r), Some((h, index)))
-        } else {
-            (None, None)
-        };
-        let sink = BenchSink {
-            tx,
-            model_id: engine.bundle.model_id(),
-            adapter_id: engine.adapter_id(),
-            latencies: Vec::new(),
-            refiner: handle,
-        };
-        let enc = TractImageEncoder::load(&engine.bundle, EncoderOptions { batch: 1, threads })?;
-        let src: Box<dyn FrameSource> = Box::new(source::FileListSource::new(
-            "bench".into(),
-            files.to_vec(),
-            clipd::config::LabelsFrom::None,
-        ));
-        let (_, sink) = pipeline::run(
-            vec![src],
-            Transform::from_spec(&engine.bundle.manifest.image),
-            Box::new(enc),
-            Box::new(classifier),
-            None,
-            sink,
-            PipelineOptions {
-                decode_threads: c.engine.decode_threads,
-                // A short queue: latency is measured from decode, so a long queue would only
-                // measure waiting in it.
-                queue: 2,
-                batch_timeout: Duration::from_millis(c.engine.batch_timeout_ms),
-                top_k: c.top_k,
-                limits: c.decode,
-                keep_embeddings: with_refiner,
-                ..Default::default()
-            },
-            Arc::new(AtomicBool::new(false)),
-        )?;
-        let stats = refiner.map(|r| r.finish()).unwrap_or_default();
-        // Dropping the sink's sender lets the writer drain and stop.
-        let BenchSink { latencies, tx, .. } = sink;
-        drop(tx);
-        let _ = writer.join();
-        rows.push(super::bench_transduct::Latency::from_samples(
-            latencies,
-            stats.passes,
-            stats.total / stats.passes.max(1) as u32,
-        ));
-    }
-    println!("pipeline frame latency, {} frames, batch 1:", files.len());
-    for (name, r) in ["without refiner", "with refiner"].iter().zip(&rows) {
-        println!(
-            "  {name:<16} p50 {:.2} ms  p99 {:.2} ms  ({} refinement passes, {:.0} ms each)",
-            r.p50_ms,
-            r.p99_ms,
-            r.passes,
-            r.per_pass.as_secs_f64() * 1000.0
-        );
-    }
-    if let [a, b] = &rows[..] {
-        println!(
-            "  p99 ratio (with / without): {:.2}",
-            b.p99_ms / a.p99_ms.max(1e-9)
-        );
-    }
-    Ok(())
 }

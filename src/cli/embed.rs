@@ -41,7 +41,11 @@ pub fn embed(args: EmbedArgs) -> Result<ExitCode> {
         .or(cfg.as_ref().map(|c| c.config.engine.threads))
         .unwrap_or(1);
     let limits = cfg.as_ref().map(|c| c.config.decode).unwrap_or_default();
-    let bundle = Bundle::open(&bundle_dir(args.model.bundle.as_deref(), cfg.as_ref()))?;
+    let variant = cfg
+        .as_ref()
+        .and_then(|c| c.config.engine.variant.as_deref());
+    let bundle = Bundle::open(&bundle_dir(args.model.bundle.as_deref(), cfg.as_ref()))?
+        .with_variant(variant)?;
     let d = bundle.manifest.embed_dim;
     if !args.text.is_empty() {
         let mut embedder = PromptEmbedder::new(&bundle, threads);

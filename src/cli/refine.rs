@@ -11,7 +11,7 @@ use anyhow::Result;
 use clap::Args;
 
 use clipd::classes::ClassSpec;
-use clipd::encoder::EncoderOptions;
+use clipd::encoder::{Backend, EncoderOptions};
 use clipd::engine::Engine;
 use clipd::head::Classifier;
 use clipd::refiner::{refine, BufferedFrame, RefineConfig, RefineContext};
@@ -76,7 +76,9 @@ pub fn refine_history(args: RefineArgs) -> Result<ExitCode> {
     let bundle = bundle_dir(args.model.bundle.as_deref(), Some(&cfg));
     let adapter = adapter_path(args.adapter.adapter.as_deref(), Some(&cfg));
     let classes = ClassSpec::from_config(&c.classes, &c.prompts);
-    let engine = Engine::load(
+    let engine = Engine::load_variant(
+        &Backend::Tract,
+        c.engine.variant.as_deref(),
         &bundle,
         classes,
         EncoderOptions::default(),

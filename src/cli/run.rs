@@ -183,8 +183,9 @@ fn prepare(cfg: Loaded, ov: &Overrides) -> Result<Prepared> {
         threads: ov.threads.unwrap_or(c.engine.threads),
     };
     let classes = ClassSpec::from_config(&c.classes, &c.prompts);
-    let engine = Engine::load_on(
+    let engine = Engine::load_variant(
         &c.engine.backend(&cfg.base),
+        c.engine.variant.as_deref(),
         &bundle,
         classes,
         opts,

@@ -15,7 +15,7 @@ use clipd::adapter::train::{train as train_method, TrainOptions};
 use clipd::adapter::Method;
 use clipd::classes::ClassSpec;
 use clipd::config::Loaded;
-use clipd::encoder::EncoderOptions;
+use clipd::encoder::{Backend, EncoderOptions};
 use clipd::engine::Engine;
 use clipd::preprocess::Transform;
 
@@ -73,7 +73,15 @@ pub fn prepare(model: &ModelArgs, what: &str) -> Result<(Loaded, Prepared)> {
     };
     let classes = ClassSpec::from_config(&c.classes, &c.prompts);
     let db = cfg.resolve(&c.store.path);
-    let engine = Engine::load(&bundle, classes, opts, Some(&db), None)?;
+    let engine = Engine::load_variant(
+        &Backend::Tract,
+        c.engine.variant.as_deref(),
+        &bundle,
+        classes,
+        opts,
+        Some(&db),
+        None,
+    )?;
     let d = engine.bundle.manifest.embed_dim;
     let text = Mat::from_vec(engine.classes.len(), d, engine.head.weights().to_vec());
     let transform = Transform::from_spec(&engine.bundle.manifest.image);
