@@ -351,3 +351,47 @@ mod ort {
         );
     }
 }
+
+/// `classify` and `run --once` load the configured variant: an unknown one is refused naming
+/// it, and int8 classifies every frame with the int8 graphs (the load says so).
+#[test]
+fn classify_and_run_follow_the_configured_variant() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = int8_bundle(tmp.path());
+    let frame = fixtures()
+        .join("fieldset/test/circle")
+        .read_dir()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let frame = frame.to_str().unwrap();
+    for (cmd, extra) in [("classify", vec![frame]), ("run", vec!["--once"])] {
+        let cfg = bench_config(tmp.path(), &bundle, "variant = \"fp16\"");
+        let cfg = cfg.to_str().unwrap();
+        let mut args = vec![cmd, "--config", cfg];
+        args.extend(&extra);
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(3), "{cmd}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("variant \"fp16\" is not in this bundle"),
+            "{cmd}: {}",
+            stderr(&o)
+        );
+        let cfg = bench_config(tmp.path(), &bundle, "variant = \"int8\"");
+        let cfg = cfg.to_str().unwrap();
+        let mut args = vec![cmd, "--config", cfg];
+        args.extend(&extra);
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_clipd"))
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{cmd}: {}", stderr(&o));
+        let log = stderr(&o);
+        assert!(log.contains("variant int8"), "{cmd}: {log}");
+        assert!(log.contains("image_encoder.int8.onnx"), "{cmd}: {log}");
+    }
+}
