@@ -80,6 +80,14 @@ pub struct BenchArgs {
     /// pipeline's p50/p99 frame latency with and without the refiner running.
     #[arg(long)]
     transduct: bool,
+    /// With --transduct: a refinement pass every this many frames in the latency comparison
+    /// [default: the daemon's default, 256].
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    refine_every: u64,
+    /// With --transduct: TransCLIP parameter overrides for the latency comparison's refiner,
+    /// key=value (as `[refine] set`), repeatable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    refine_set: Vec<String>,
 }
 
 /// One measured configuration.
@@ -277,9 +285,15 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(&tmp)?;
     if args.transduct {
         let result = match &engine {
-            Some(engine) => super::bench_transduct::latency::refiner_latency(
-                engine, &cfg, &files, threads, &tmp,
-            ),
+            Some(engine) => {
+                let rc = super::bench_transduct::latency::refine_config(
+                    args.refine_every as usize,
+                    &args.refine_set,
+                );
+                super::bench_transduct::latency::refiner_latency(
+                    engine, &cfg, &files, threads, &tmp, &rc,
+                )
+            }
             None => Ok(()),
         };
         let _ = std::fs::remove_dir_all(&tmp);

@@ -160,12 +160,15 @@ pub mod latency {
     const PACED_LOAD: f64 = 0.5;
 
     /// The refiner as the benchmark runs it: TransCLIP (default preset) over a 1024-frame buffer,
-    /// a pass every 64 frames, far more often than the daemon's default of every 256.
-    fn refine_config() -> RefineConfig {
+    /// a pass every `every_frames` frames (the daemon's default is 256; `clipd bench --transduct
+    /// --refine-every 64` stresses it four times harder), with `set` overriding parameters
+    /// (`--refine-set threads=1`).
+    pub fn refine_config(every_frames: usize, set: &[String]) -> RefineConfig {
         RefineConfig {
             method: "transclip".into(),
-            every_frames: 64,
+            every_frames,
             buffer: 1024,
+            set: set.to_vec(),
             ..Default::default()
         }
     }
@@ -285,20 +288,20 @@ pub mod latency {
         threads: usize,
         db: &Path,
         feed: Feed,
-        with_refiner: bool,
+        refine: Option<&RefineConfig>,
     ) -> Result<Run> {
+        let with_refiner = refine.is_some();
         let c = &cfg.config;
         let labels: Vec<String> = engine.classes.iter().map(|c| c.name.clone()).collect();
         let store = Store::open(db, &StoreOptions::default())?;
         let (tx, rx) = sync_channel::<WriteOp>(c.engine.queue);
         let writer = BatchWriter::spawn(store, rx)?;
         let classifier: Arc<dyn Classifier> = Arc::from(engine.classifier());
-        let (refiner, handle) = if with_refiner {
-            let rc = refine_config();
-            let params = RefineContext::params(&rc, labels.len(), false)?;
+        let (refiner, handle) = if let Some(rc) = refine {
+            let params = RefineContext::params(rc, labels.len(), false)?;
             let ctx =
                 RefineContext::for_engine(engine, classifier.clone(), params, Some(rc.max_changed));
-            let (h, r) = clipd::refiner::spawn(&rc, ctx, tx.clone())?;
+            let (h, r) = clipd::refiner::spawn(rc, ctx, tx.clone())?;
             let index = labels
                 .iter()
                 .enumerate()
@@ -388,6 +391,7 @@ pub mod latency {
         threads: usize,
         tmp: &Path,
         feed: Feed,
+        rc: &RefineConfig,
     ) -> Result<Comparison> {
         let mut c = Comparison::default();
         for round in 0..ROUNDS {
@@ -398,7 +402,15 @@ pub mod latency {
             };
             for with_refiner in order {
                 let db = tmp.join(format!("latency-{round}-{with_refiner}.db"));
-                let run = run_pipeline(engine, cfg, files, threads, &db, feed, with_refiner)?;
+                let run = run_pipeline(
+                    engine,
+                    cfg,
+                    files,
+                    threads,
+                    &db,
+                    feed,
+                    with_refiner.then_some(rc),
+                )?;
                 let _ = std::fs::remove_file(&db);
                 let lat = Latency::from_samples(
                     run.latencies,
@@ -456,7 +468,7 @@ pub mod latency {
     }
 
     /// p50/p99 per-frame latency of the whole pipeline (batch 1) without and with a TransCLIP
-    /// refiner re-deciding a 1024-frame buffer every 64 frames beside it: saturated, then paced at
+    /// refiner (`rc`) re-deciding a 1024-frame buffer beside it: saturated, then paced at
     /// [`PACED_LOAD`] of the capacity the saturated runs measured.
     pub fn refiner_latency(
         engine: &Engine,
@@ -464,8 +476,8 @@ pub mod latency {
         files: &[PathBuf],
         threads: usize,
         tmp: &Path,
+        rc: &RefineConfig,
     ) -> Result<()> {
-        let rc = refine_config();
         let files: Vec<PathBuf> = files
             .iter()
             .cycle()
@@ -480,7 +492,7 @@ pub mod latency {
             rc.every_frames,
             rc.buffer
         );
-        let saturated = compare(engine, cfg, files, threads, tmp, Feed::Saturated)?;
+        let saturated = compare(engine, cfg, files, threads, tmp, Feed::Saturated, rc)?;
         let capacity = median(saturated.fps.clone());
         println!("  saturated (frames fed as fast as they decode, {capacity:.0} frames/s; latency from decode):");
         saturated.print();
@@ -493,6 +505,7 @@ pub mod latency {
                 threads,
                 tmp,
                 Feed::Paced(Duration::from_secs_f64(1.0 / rate)),
+                rc,
             )?;
             println!(
                 "  paced at {:.0}% of capacity ({rate:.0} frames/s; latency from when the frame was due):",

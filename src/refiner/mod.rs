@@ -414,20 +414,36 @@ pub fn spawn(
     ))
 }
 
-/// Run this thread at the lowest scheduling priority: on a board with two to four cores a
-/// refinement pass would otherwise take cores from decoding and encoding and show up as frame
-/// latency. Failing to lower it is harmless and only logged.
+/// Run this thread (and the helper threads it starts, which inherit its policy) only on CPU
+/// time the pipeline leaves idle: on a board with two to four cores a refinement pass would
+/// otherwise take cores from decoding and encoding and show up as frame latency. `SCHED_IDLE`
+/// does that: the kernel runs the refiner only when a core has nothing else to do and preempts
+/// it as soon as a frame is ready. Plain `nice 19` was not enough: at nice 19 the pass still
+/// gets a time slice on a busy core, and frames waiting behind it raised the pipeline's p99
+/// latency by about 30% (`clipd bench --transduct`, docs/results.md). When the pipeline keeps
+/// every core busy, refinement waits: classification comes first. Where `SCHED_IDLE` is refused
+/// the thread falls back to nice 19. Failing both is harmless and only logged.
 fn yield_to_pipeline() {
     #[cfg(target_os = "linux")]
     {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 names the calling thread; `param` is a valid sched_param that outlives
+        // the call, which only reads it.
+        let idle = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0;
+        if idle {
+            return;
+        }
+        let why = std::io::Error::last_os_error();
         // SAFETY: setpriority only reads its integer arguments; `who = 0` with PRIO_PROCESS
         // names the calling thread on Linux, where every thread is its own schedulable task.
         let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
         if rc != 0 {
             log::debug!(
-                "refiner: could not lower its priority: {}",
+                "refiner: could not lower its priority ({why}; then {})",
                 std::io::Error::last_os_error()
             );
+        } else {
+            log::debug!("refiner: SCHED_IDLE refused ({why}); running at nice 19");
         }
     }
 }
@@ -517,6 +533,27 @@ impl Refiner {
 mod tests {
     use super::*;
     use crate::head::ZeroShotHead;
+
+    /// The refiner's thread, and any thread it starts, runs under SCHED_IDLE; the caller's
+    /// thread is untouched.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_refiner_thread_and_its_helpers_run_idle() {
+        // SAFETY: sched_getscheduler(0) only queries the calling thread.
+        let policy = || unsafe { libc::sched_getscheduler(0) };
+        let before = policy();
+        let (own, helper) = std::thread::spawn(move || {
+            yield_to_pipeline();
+            let helper = std::thread::spawn(policy).join().unwrap();
+            (policy(), helper)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(own, libc::SCHED_IDLE);
+        assert_eq!(helper, libc::SCHED_IDLE);
+        assert_eq!(policy(), before);
+        assert_ne!(before, libc::SCHED_IDLE);
+    }
 
     /// Two classes along the x and y axes; frames near the axes, labelled by their start.
     fn context(method: &str) -> RefineContext {
