@@ -19,40 +19,6 @@ use clipd::preprocess::{DecodeLimits, Transform};
 use clipd::tokenizer::ClipTokenizer;
 use common::*;
 
-/// The library under test: ORT_DYLIB_PATH, else the one in the installed pip wheel.
-fn ort_library() -> PathBuf {
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))",
-        ])
-        .output();
-    let dir = match out {
-        Ok(o) if o.status.success() => {
-            PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("capi")
-        }
-        _ => panic!(
-            "these tests need ONNX Runtime: pip install -r models/requirements-test.txt, \
-             or set ORT_DYLIB_PATH to a libonnxruntime.so"
-        ),
-    };
-    let mut libs: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libonnxruntime.so"))
-        })
-        .collect();
-    libs.sort();
-    libs.pop()
-        .unwrap_or_else(|| panic!("no libonnxruntime.so* in {}", dir.display()))
-}
-
 fn cpu_settings() -> OrtSettings {
     OrtSettings {
         library: Some(ort_library()),

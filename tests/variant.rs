@@ -275,33 +275,6 @@ mod ort {
     use super::*;
     use clipd::encoder::{ExecutionProvider, OrtImageEncoder, OrtSettings};
 
-    /// ORT_DYLIB_PATH, else the libonnxruntime of the installed onnxruntime wheel.
-    fn ort_library() -> PathBuf {
-        if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
-            return PathBuf::from(p);
-        }
-        let out = std::process::Command::new("python3")
-            .args([
-                "-c",
-                "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))",
-            ])
-            .output()
-            .expect("python3 with onnxruntime, or ORT_DYLIB_PATH");
-        let capi = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("capi");
-        let mut libs: Vec<PathBuf> = std::fs::read_dir(&capi)
-            .unwrap_or_else(|e| panic!("{}: {e}", capi.display()))
-            .map(|e| e.unwrap().path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("libonnxruntime.so"))
-            })
-            .collect();
-        libs.sort();
-        libs.pop()
-            .expect("a libonnxruntime.so in the onnxruntime wheel")
-    }
-
     /// ONNX Runtime's dynamic quantisation scales activations per whole input tensor, so an
     /// image's int8 embedding depends on what shares its batch: compared at batch 1, against
     /// ONNX Runtime's own (Python) result for the committed graph.

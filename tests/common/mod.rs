@@ -237,3 +237,38 @@ pub fn onnx_text_tower(ctx: usize, dim: usize) -> Vec<u8> {
     model.extend(msg(7, graph));
     model
 }
+
+/// The ONNX Runtime library the `ort` backend tests load: ORT_DYLIB_PATH, else the one in the
+/// installed `onnxruntime` pip wheel (models/requirements-test.txt).
+pub fn ort_library() -> PathBuf {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))",
+        ])
+        .output();
+    let dir = match out {
+        Ok(o) if o.status.success() => {
+            PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("capi")
+        }
+        _ => panic!(
+            "these tests need ONNX Runtime: pip install -r models/requirements-test.txt, \
+             or set ORT_DYLIB_PATH to a libonnxruntime.so"
+        ),
+    };
+    let mut libs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libonnxruntime.so"))
+        })
+        .collect();
+    libs.sort();
+    libs.pop()
+        .unwrap_or_else(|| panic!("no libonnxruntime.so* in {}", dir.display()))
+}
