@@ -1051,6 +1051,10 @@ mod tests {
         // The first instance hangs; every reopen fails (the stuck stream keeps the device busy).
         let mut r = rig(&[Plan(OpenStep::Ok, 1, Then::Hang)], s);
         wait_until("the source gave up", || r.cap().next().is_err());
+        // The capture thread reports the failure event just after publishing the error.
+        wait_until("the failure was reported", || {
+            r.events().last().map(String::as_str) == Some("failed")
+        });
         let ev = r.events();
         assert_eq!(ev[..3], ["connected fake0", "stalled", "unavailable gone"]);
         assert_eq!(ev.last().map(String::as_str), Some("failed"));
