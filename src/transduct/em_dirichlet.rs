@@ -611,36 +611,4 @@ mod tests {
         let u = Mat::from_vec(3, 3, vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0]);
         assert_eq!(match_clusters(&u, &z), vec![2, 0, 1]);
     }
-
-    /// `cargo test --release --lib transduct -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn timing_n1024_k64_d512() {
-        let (n, k, d) = (1024, 64, 512);
-        let mut rng = Rng::new(11);
-        let text: Vec<f32> = (0..k * d).map(|_| rng.normal() as f32).collect();
-        let features: Vec<f32> = (0..n)
-            .flat_map(|i| {
-                let c = i % k;
-                let t = text[c * d..(c + 1) * d].to_vec();
-                t.into_iter()
-                    .map(|v| v + 1.5 * rng.normal() as f32)
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        for hard in [false, true] {
-            let p = if hard {
-                EmDirichletParams::reference_hard(k, false)
-            } else {
-                EmDirichletParams::reference(k, false)
-            };
-            let t0 = std::time::Instant::now();
-            let o = em_dirichlet_from_features(&features, n, d, &text, k, None, &p).unwrap();
-            eprintln!(
-                "em-dirichlet hard={hard} N={n} K={k} d={d}: {:?}",
-                t0.elapsed()
-            );
-            check_invariants(&o);
-        }
-    }
 }

@@ -540,7 +540,6 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
     use crate::transduct::TransductError;
-    use std::time::Instant;
 
     fn check_invariants(o: &Outcome) {
         assert_eq!(o.z.len(), o.n * o.k);
@@ -830,20 +829,5 @@ mod tests {
                 assert!(knn_affinity(&x, knn, threads) == adj, "knn {knn}");
             }
         }
-    }
-
-    /// `cargo test --release --lib transduct -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn timing_n1024_k64_d512() {
-        let (n, k, d) = (1024, 64, 512);
-        let classes: Vec<usize> = (0..k).collect();
-        let data = axes(n, k, d, &classes, 0.05, 10);
-        let mut p = reference(false);
-        p.scale = 100.0;
-        let t0 = Instant::now();
-        let o = transclip(&data.features, n, d, &data.text, k, None, None, &p).unwrap();
-        eprintln!("transclip N={n} K={k} d={d}: {:?}", t0.elapsed());
-        check_invariants(&o);
     }
 }
