@@ -334,28 +334,6 @@ impl Bundle {
             })
     }
 
-    /// The image encoder file of `variant` (`None`, or a variant without an image tower: fp32).
-    pub fn image_encoder_path_for(&self, variant: Option<&str>) -> Result<PathBuf, BundleError> {
-        let file = match variant {
-            Some(name) => self.variant_spec(name)?.image_encoder.as_ref(),
-            None => None,
-        };
-        Ok(self
-            .dir
-            .join(file.map_or(&self.manifest.image_encoder.file, |f| &f.file)))
-    }
-
-    /// The text encoder file of `variant` (`None`, or a variant without a text tower: fp32).
-    pub fn text_encoder_path_for(&self, variant: Option<&str>) -> Result<PathBuf, BundleError> {
-        let file = match variant {
-            Some(name) => self.variant_spec(name)?.text_encoder.as_ref(),
-            None => None,
-        };
-        Ok(self
-            .dir
-            .join(file.map_or(&self.manifest.text_encoder.file, |f| &f.file)))
-    }
-
     /// Whether the selected variant replaces the text tower (so its embeddings differ from
     /// the fp32 text encoder's).
     pub fn text_encoder_is_variant(&self) -> bool {
@@ -690,14 +668,7 @@ mod tests {
         let b = Bundle::open(dir.path()).unwrap();
         assert_eq!(b.variant(), None);
         assert_eq!(b.image_encoder_path(), dir.path().join("i.onnx"));
-        assert_eq!(
-            b.image_encoder_path_for(Some("int8")).unwrap(),
-            dir.path().join("i.int8.onnx")
-        );
-        assert_eq!(
-            b.text_encoder_path_for(None).unwrap(),
-            dir.path().join("t.onnx")
-        );
+        assert_eq!(b.text_encoder_path(), dir.path().join("t.onnx"));
         let v = b.manifest.variants["int8"].image_encoder.clone().unwrap();
         assert_eq!(v.min_cosine_vs_fp32, Some(0.99));
         let int8 = b.with_variant(Some("int8")).unwrap();
@@ -732,7 +703,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         with_int8(dir.path(), INT8, &["i.int8.onnx", "t.int8.onnx"]);
         let b = Bundle::open(dir.path()).unwrap();
-        let e = b.image_encoder_path_for(Some("fp16")).unwrap_err();
+        let e = b.clone().with_variant(Some("fp16")).unwrap_err();
         assert!(
             matches!(&e, BundleError::UnknownVariant { name, known, .. }
                 if name == "fp16" && known == &["int8".to_string()]),

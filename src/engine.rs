@@ -53,42 +53,13 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Load everything needed to classify with `classes`, on tract. `cache_db`, if it exists, is
-    /// read (read-only) for prompt embeddings computed by an earlier run with the same bundle.
+    /// Load everything needed to classify with `classes`: the bundle's `variant` encoders
+    /// (`[engine] variant`; `None`: the fp32 originals), the image encoder on `backend`.
+    /// `cache_db`, if it exists, is read (read-only) for prompt embeddings computed by an
+    /// earlier run with the same text encoder. Prompt embeddings are computed once at start-up
+    /// (and cached, per text encoder) on tract whatever the backend: they agree with ONNX
+    /// Runtime's to cosine ≥ 0.9999, and tract needs no library.
     pub fn load(
-        bundle_dir: &Path,
-        classes: Vec<ClassSpec>,
-        opts: EncoderOptions,
-        cache_db: Option<&Path>,
-        adapter: Option<&Path>,
-    ) -> Result<Engine, EngineError> {
-        Self::load_on(
-            &Backend::Tract,
-            bundle_dir,
-            classes,
-            opts,
-            cache_db,
-            adapter,
-        )
-    }
-
-    /// [`Engine::load`] with the image encoder on `backend`, running the fp32 encoders.
-    pub fn load_on(
-        backend: &Backend,
-        bundle_dir: &Path,
-        classes: Vec<ClassSpec>,
-        opts: EncoderOptions,
-        cache_db: Option<&Path>,
-        adapter: Option<&Path>,
-    ) -> Result<Engine, EngineError> {
-        Self::load_variant(backend, None, bundle_dir, classes, opts, cache_db, adapter)
-    }
-
-    /// [`Engine::load_on`] running the bundle's `variant` encoders (`[engine] variant`; `None`:
-    /// fp32). Prompt embeddings are computed once at start-up (and cached, per text encoder) on
-    /// tract whatever the backend: they agree with ONNX Runtime's to cosine ≥ 0.9999, and tract
-    /// needs no library.
-    pub fn load_variant(
         backend: &Backend,
         variant: Option<&str>,
         bundle_dir: &Path,

@@ -15,7 +15,6 @@ use clipd::encoder::{
     TractImageEncoder, TractTextEncoder, REQUIRED_MINOR_VERSION,
 };
 use clipd::npy;
-use clipd::preprocess::{DecodeLimits, Transform};
 use clipd::tokenizer::ClipTokenizer;
 use common::*;
 
@@ -28,36 +27,6 @@ fn cpu_settings() -> OrtSettings {
 
 fn opts(batch: usize) -> EncoderOptions {
     EncoderOptions { batch, threads: 1 }
-}
-
-/// The fixture images, preprocessed, back to back.
-fn fixture_pixels(bundle: &Bundle) -> (Vec<String>, Vec<f32>) {
-    let t = Transform::from_spec(&bundle.manifest.image);
-    let names: Vec<String> = read_json(&fixtures().join("images.json"))
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
-    let mut px = Vec::new();
-    for n in &names {
-        px.extend(
-            t.load(&fixtures().join("images").join(n), &DecodeLimits::default())
-                .unwrap(),
-        );
-    }
-    (names, px)
-}
-
-/// Normalised embeddings of all images, `batch` at a time.
-fn embed_images(enc: &mut dyn ImageEncoder, px: &[f32], count: usize) -> Vec<f32> {
-    let per = px.len() / count;
-    let mut out = Vec::new();
-    for chunk in px.chunks(enc.batch_size() * per) {
-        out.extend(enc.encode(chunk, chunk.len() / per).unwrap());
-    }
-    l2_normalize_rows(&mut out, enc.embed_dim());
-    out
 }
 
 #[test]
@@ -107,12 +76,7 @@ fn image_embeddings_equal_tract_and_the_python_reference() {
 #[test]
 fn text_embeddings_equal_tract() {
     let bundle = Bundle::open(&bundle_dir()).unwrap();
-    let prompts: Vec<String> = read_json(&fixtures().join("prompts.json"))
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
+    let prompts = fixture_strings("prompts.json");
     let tok = ClipTokenizer::load(&bundle.tokenizer_path(), &bundle.manifest.text).unwrap();
     let ids = tok.encode_all(&prompts).unwrap();
     let d = bundle.manifest.embed_dim;

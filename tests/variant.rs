@@ -9,11 +9,9 @@ use std::path::{Path, PathBuf};
 use clipd::bundle::{Bundle, BundleError};
 use clipd::classes::ClassSpec;
 use clipd::encoder::{
-    encode_texts, l2_normalize_rows, Backend, EncoderOptions, ImageEncoder, TractImageEncoder,
-    TractTextEncoder,
+    encode_texts, l2_normalize_rows, Backend, EncoderOptions, TractImageEncoder, TractTextEncoder,
 };
 use clipd::engine::{Engine, EngineError};
-use clipd::preprocess::{DecodeLimits, Transform};
 use clipd::store::{Store, StoreOptions};
 use clipd::tokenizer::ClipTokenizer;
 use common::*;
@@ -42,30 +40,6 @@ fn opts(batch: usize) -> EncoderOptions {
     EncoderOptions { batch, threads: 1 }
 }
 
-/// The fixture images, preprocessed, back to back, and how many there are.
-fn fixture_pixels(bundle: &Bundle) -> (usize, Vec<f32>) {
-    let t = Transform::from_spec(&bundle.manifest.image);
-    let names = read_json(&fixtures().join("images.json"));
-    let names = names.as_array().unwrap();
-    let mut px = Vec::new();
-    for n in names {
-        let p = fixtures().join("images").join(n.as_str().unwrap());
-        px.extend(t.load(&p, &DecodeLimits::default()).unwrap());
-    }
-    (names.len(), px)
-}
-
-/// Normalised embeddings of `count` images, a batch at a time.
-fn embed_images(enc: &mut dyn ImageEncoder, px: &[f32], count: usize) -> Vec<f32> {
-    let per = px.len() / count;
-    let mut out = Vec::new();
-    for chunk in px.chunks(enc.batch_size() * per) {
-        out.extend(enc.encode(chunk, chunk.len() / per).unwrap());
-    }
-    l2_normalize_rows(&mut out, enc.embed_dim());
-    out
-}
-
 /// Per-row cosines of two `rows × d` matrices.
 fn row_cosines(a: &[f32], b: &[f32], d: usize) -> Vec<f32> {
     a.chunks(d)
@@ -82,7 +56,8 @@ fn int8_image_encoder_on_tract_stays_close_to_fp32() {
     assert!(int8
         .image_encoder_path()
         .ends_with("image_encoder.int8.onnx"));
-    let (n, px) = fixture_pixels(&fp32);
+    let (names, px) = fixture_pixels(&fp32);
+    let n = names.len();
     let d = fp32.manifest.embed_dim;
     let want = embed_images(
         &mut TractImageEncoder::load(&fp32, opts(4)).unwrap(),
@@ -119,12 +94,7 @@ fn int8_text_encoder_on_tract_stays_close_to_fp32() {
     let tmp = tempfile::tempdir().unwrap();
     let fp32 = Bundle::open(&int8_bundle(tmp.path())).unwrap();
     let int8 = fp32.clone().with_variant(Some("int8")).unwrap();
-    let prompts: Vec<String> = read_json(&fixtures().join("prompts.json"))
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
+    let prompts = fixture_strings("prompts.json");
     let tok = ClipTokenizer::load(&fp32.tokenizer_path(), &fp32.manifest.text).unwrap();
     let ids = tok.encode_all(&prompts).unwrap();
     let d = fp32.manifest.embed_dim;
@@ -162,7 +132,7 @@ fn engine_runs_the_variant_and_keeps_its_prompt_cache_apart() {
     let dir = int8_bundle(tmp.path());
     let db = tmp.path().join("cache.db");
     let load = |variant: Option<&str>| {
-        Engine::load_variant(
+        Engine::load(
             &Backend::Tract,
             variant,
             &dir,
@@ -197,7 +167,7 @@ fn engine_runs_the_variant_and_keeps_its_prompt_cache_apart() {
     assert_eq!(again.cached_prompts, 3, "fp32 reuses its own cache");
 
     // An unknown variant is a bundle error naming what the bundle has.
-    let err = match Engine::load_variant(
+    let err = match Engine::load(
         &Backend::Tract,
         Some("fp16"),
         &dir,
@@ -287,7 +257,8 @@ mod ort {
             library: Some(ort_library()),
             providers: vec![ExecutionProvider::Cpu],
         };
-        let (n, px) = fixture_pixels(&int8);
+        let (names, px) = fixture_pixels(&int8);
+        let n = names.len();
         let d = int8.manifest.embed_dim;
         let got = embed_images(
             &mut OrtImageEncoder::load(&int8, opts(1), &settings).unwrap(),

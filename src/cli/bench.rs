@@ -233,7 +233,7 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
     } else {
         let classes = ClassSpec::from_config(&c.classes, &c.prompts);
         let adapter = adapter_path(args.adapter.adapter.as_deref(), Some(&cfg));
-        Some(Engine::load_variant(
+        Some(Engine::load(
             &Backend::Tract,
             variant,
             &bundle_path,

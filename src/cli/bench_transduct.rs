@@ -250,16 +250,8 @@ pub mod latency {
             };
             self.latencies.push(latency);
             let id = r.seq as i64 + 1;
-            if let (Some((h, index)), Ok(c), Some(e)) = (&self.refiner, &r.outcome, &r.embedding) {
-                if let Some(&class) = index.get(&c.label) {
-                    h.push(BufferedFrame {
-                        id,
-                        ts_ms: r.ts_ms,
-                        source: r.source.clone(),
-                        class,
-                        embedding: e.clone(),
-                    });
-                }
+            if let Some((refiner, classes)) = &self.refiner {
+                refiner.push_result(id, &r, classes);
             }
             let mut rec = to_record(r, &self.model_id);
             rec.id = Some(id);

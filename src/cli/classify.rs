@@ -84,7 +84,7 @@ pub fn classify(args: ClassifyArgs) -> Result<ExitCode> {
     // Reuse the daemon's text-embedding cache when there is one; never create a database here.
     let db = cfg.resolve(&c.store.path);
     let adapter = adapter_path(args.adapter.adapter.as_deref(), Some(&cfg));
-    let engine = Engine::load_variant(
+    let engine = Engine::load(
         &c.engine.backend(&cfg.base),
         c.engine.variant.as_deref(),
         &bundle,

@@ -76,7 +76,7 @@ pub fn refine_history(args: RefineArgs) -> Result<ExitCode> {
     let bundle = bundle_dir(args.model.bundle.as_deref(), Some(&cfg));
     let adapter = adapter_path(args.adapter.adapter.as_deref(), Some(&cfg));
     let classes = ClassSpec::from_config(&c.classes, &c.prompts);
-    let engine = Engine::load_variant(
+    let engine = Engine::load(
         &Backend::Tract,
         c.engine.variant.as_deref(),
         &bundle,

@@ -23,7 +23,7 @@ use clipd::head::Classifier;
 use clipd::pipeline::{self, FramePolicy, FrameResult, Monitor, PipelineOptions, RunStats, Sink};
 use clipd::preprocess::Transform;
 use clipd::refiner::{
-    self, BufferedFrame, RefineConfig, RefineContext, RefinerHandle, RefinerMonitor, RefinerStats,
+    self, RefineConfig, RefineContext, RefinerHandle, RefinerMonitor, RefinerStats,
 };
 use clipd::source::{self, FrameSource};
 use clipd::store::{
@@ -113,17 +113,8 @@ impl Sink for StoreSink {
             log::warn!("{}", f.message);
         }
         let id = self.first_id + i64::try_from(r.seq).unwrap_or(i64::MAX - self.first_id);
-        if let (Some((refiner, index)), Ok(c), Some(e)) = (&self.refiner, &r.outcome, &r.embedding)
-        {
-            if let Some(&class) = index.get(&c.label) {
-                refiner.push(BufferedFrame {
-                    id,
-                    ts_ms: r.ts_ms,
-                    source: r.source.clone(),
-                    class,
-                    embedding: e.clone(),
-                });
-            }
+        if let Some((refiner, classes)) = &self.refiner {
+            refiner.push_result(id, &r, classes);
         }
         let mut rec = to_record(r, &self.model_id);
         rec.id = Some(id);
@@ -183,7 +174,7 @@ fn prepare(cfg: Loaded, ov: &Overrides) -> Result<Prepared> {
         threads: ov.threads.unwrap_or(c.engine.threads),
     };
     let classes = ClassSpec::from_config(&c.classes, &c.prompts);
-    let engine = Engine::load_variant(
+    let engine = Engine::load(
         &c.engine.backend(&cfg.base),
         c.engine.variant.as_deref(),
         &bundle,

@@ -73,7 +73,7 @@ pub fn prepare(model: &ModelArgs, what: &str) -> Result<(Loaded, Prepared)> {
     };
     let classes = ClassSpec::from_config(&c.classes, &c.prompts);
     let db = cfg.resolve(&c.store.path);
-    let engine = Engine::load_variant(
+    let engine = Engine::load(
         &Backend::Tract,
         c.engine.variant.as_deref(),
         &bundle,

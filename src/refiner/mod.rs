@@ -9,6 +9,7 @@ pub mod buffer;
 pub mod evaluate;
 pub mod smoothing;
 
+use std::collections::HashMap;
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -18,6 +19,7 @@ use serde::Deserialize;
 
 use crate::adapter::linalg::Mat;
 use crate::head::{softmax, Classifier};
+use crate::pipeline::FrameResult;
 use crate::store::{now_ms, RefinementRecord, WriteOp};
 use crate::transduct::{self, Method, Outcome, Params, Preset, TransductError};
 pub use buffer::{BufferedFrame, RingBuffer};
@@ -285,6 +287,22 @@ pub struct RefinerHandle {
 }
 
 impl RefinerHandle {
+    /// Offer a pipeline result stored as row `id`: buffered when it was classified, carries its
+    /// embedding and its label is one of `classes` (label → class index); skipped otherwise.
+    pub fn push_result(&self, id: i64, r: &FrameResult, classes: &HashMap<String, usize>) {
+        if let (Ok(c), Some(e)) = (&r.outcome, &r.embedding) {
+            if let Some(&class) = classes.get(&c.label) {
+                self.push(BufferedFrame {
+                    id,
+                    ts_ms: r.ts_ms,
+                    source: r.source.clone(),
+                    class,
+                    embedding: e.clone(),
+                });
+            }
+        }
+    }
+
     /// Add a classified frame (never blocks on a running refinement).
     pub fn push(&self, f: BufferedFrame) {
         let wake = match self.shared.buffer.lock() {

@@ -272,3 +272,44 @@ pub fn ort_library() -> PathBuf {
     libs.pop()
         .unwrap_or_else(|| panic!("no libonnxruntime.so* in {}", dir.display()))
 }
+
+/// A fixture file holding a JSON list of strings (`images.json`, `prompts.json`).
+pub fn fixture_strings(name: &str) -> Vec<String> {
+    read_json(&fixtures().join(name))
+        .as_array()
+        .unwrap_or_else(|| panic!("{name}: not a JSON list"))
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The fixture images' names (`images.json` order) and their pixels, preprocessed for
+/// `bundle`, back to back.
+pub fn fixture_pixels(bundle: &clipd::bundle::Bundle) -> (Vec<String>, Vec<f32>) {
+    let t = clipd::preprocess::Transform::from_spec(&bundle.manifest.image);
+    let names = fixture_strings("images.json");
+    let mut px = Vec::new();
+    for n in &names {
+        let path = fixtures().join("images").join(n);
+        px.extend(
+            t.load(&path, &clipd::preprocess::DecodeLimits::default())
+                .unwrap(),
+        );
+    }
+    (names, px)
+}
+
+/// L2-normalised embeddings of the `count` images in `px`, a batch of the encoder's at a time.
+pub fn embed_images(
+    enc: &mut dyn clipd::encoder::ImageEncoder,
+    px: &[f32],
+    count: usize,
+) -> Vec<f32> {
+    let per = px.len() / count;
+    let mut out = Vec::new();
+    for chunk in px.chunks(enc.batch_size() * per) {
+        out.extend(enc.encode(chunk, chunk.len() / per).unwrap());
+    }
+    clipd::encoder::l2_normalize_rows(&mut out, enc.embed_dim());
+    out
+}
