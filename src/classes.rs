@@ -86,6 +86,7 @@ impl<'a> PromptEmbedder<'a> {
                 EncoderOptions {
                     batch: 8,
                     threads: self.threads,
+                    lanes: 1,
                 },
             )?;
             self.loaded = Some((tok, enc));

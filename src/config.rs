@@ -87,6 +87,12 @@ pub struct EngineConfig {
     pub batch: usize,
     /// Threads for the encoder's matrix kernels.
     pub threads: usize,
+    /// tract only: frame-level parallelism. A batch of more than `batch / lanes` frames is
+    /// encoded as `lanes` concurrent single-core runs of one shared plan (each on its share of
+    /// the frames), which parallelises the whole graph, not just its matrix products; a
+    /// smaller batch runs once on `threads` threads. Set it to the number of cores given to
+    /// the encoder (docs/performance.md). 1: every batch runs once on `threads` threads.
+    pub lanes: usize,
     /// Threads decoding and preprocessing frames.
     pub decode_threads: usize,
     /// How long the encoder waits to fill a batch before running a partial one.
@@ -111,6 +117,7 @@ impl Default for EngineConfig {
         EngineConfig {
             batch: 8,
             threads: 1,
+            lanes: 1,
             decode_threads: 1,
             batch_timeout_ms: 50,
             queue: 32,
@@ -512,6 +519,7 @@ pub fn validate(c: &Config) -> Result<(), (String, String)> {
     for (k, v) in [
         ("engine.batch", e.batch),
         ("engine.threads", e.threads),
+        ("engine.lanes", e.lanes),
         ("engine.decode_threads", e.decode_threads),
         ("engine.queue", e.queue),
     ] {
@@ -521,6 +529,12 @@ pub fn validate(c: &Config) -> Result<(), (String, String)> {
     }
     if e.batch > 256 {
         return err("engine.batch".into(), "must be at most 256");
+    }
+    if e.lanes > e.batch {
+        return err(
+            "engine.lanes".into(),
+            "must be at most engine.batch (each lane encodes at least one frame of a batch)",
+        );
     }
     #[cfg(not(feature = "ort"))]
     if e.backend == BackendKind::Ort {
@@ -840,6 +854,24 @@ aliases = ["pizza_dir"]
         assert_eq!(e.line, Some(17));
         let e = parse_str(&OK.replace("batch = 4", "batch = 0")).unwrap_err();
         assert_eq!(e.to_string(), "c.toml:5: engine.batch: must be at least 1");
+    }
+
+    #[test]
+    fn engine_lanes_default_to_one_and_fit_the_batch() {
+        assert_eq!(parse_str(OK).unwrap().config.engine.lanes, 1);
+        let l = parse_str(&OK.replace("batch = 4", "batch = 4\nlanes = 2")).unwrap();
+        assert_eq!(l.config.engine.lanes, 2);
+        let e = parse_str(&OK.replace("batch = 4", "batch = 4\nlanes = 5")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("engine.lanes"));
+        assert!(
+            e.to_string().contains("must be at most engine.batch"),
+            "{e}"
+        );
+        let e = parse_str(&OK.replace("batch = 4", "batch = 4\nlanes = 0")).unwrap_err();
+        assert!(
+            e.to_string().ends_with("engine.lanes: must be at least 1"),
+            "{e}"
+        );
     }
 
     #[test]

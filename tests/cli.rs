@@ -391,6 +391,52 @@ fn classify_reports_bad_inputs_and_prints_the_rest() {
 }
 
 #[test]
+fn classify_with_two_lanes_matches_one_lane() {
+    let tmp = tempfile::tempdir().unwrap();
+    let frames = tmp.path().join("f");
+    let n = copy_frames(&frames, &["star", "circle"], 3);
+    let mut files: Vec<String> = ["star", "circle"]
+        .iter()
+        .flat_map(|c| std::fs::read_dir(frames.join(c)).unwrap())
+        .map(|e| e.unwrap().path().to_str().unwrap().to_string())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), n);
+    let classify = |lanes: usize| {
+        let dir = tmp.path().join(format!("lanes{lanes}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let engine = format!("[engine]\nbatch = 4\nthreads = 2\nlanes = {lanes}\n");
+        let cfg = write_config(&dir, &frames, &dir.join("db"), SHAPES, &engine);
+        let mut args = vec!["-v", "classify", "--config", cfg.to_str().unwrap()];
+        args.extend(["--format", "json", "--top-k", "3"]);
+        args.extend(files.iter().map(String::as_str));
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        // 6 images in batches of 4: one full batch over the lanes, one short batch.
+        let plan = format!("batch {} x {lanes} lane(s)", 4 / lanes);
+        assert!(stderr(&o).contains(&plan), "no {plan:?} in {}", stderr(&o));
+        serde_json::from_str::<Vec<serde_json::Value>>(&stdout(&o)).unwrap()
+    };
+    let (one, two) = (classify(1), classify(2));
+    assert_eq!(one.len(), n);
+    assert_eq!(two.len(), n);
+    for (a, b) in one.iter().zip(&two) {
+        assert_eq!(a["path"], b["path"]);
+        assert_eq!(a["label"], b["label"], "{a} vs {b}");
+        for (x, y) in a["topk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(b["topk"].as_array().unwrap())
+        {
+            assert_eq!(x["label"], y["label"]);
+            let (p, q) = (x["score"].as_f64().unwrap(), y["score"].as_f64().unwrap());
+            assert!((p - q).abs() <= 1e-4, "{} scores {p} vs {q}", a["path"]);
+        }
+    }
+}
+
+#[test]
 fn embed_writes_normalised_matrices_in_input_order() {
     let tmp = tempfile::tempdir().unwrap();
     let names = ["star_rgb.png", "seven_gray.png", "boat_palette.png"];

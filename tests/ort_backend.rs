@@ -26,7 +26,11 @@ fn cpu_settings() -> OrtSettings {
 }
 
 fn opts(batch: usize) -> EncoderOptions {
-    EncoderOptions { batch, threads: 1 }
+    EncoderOptions {
+        batch,
+        threads: 1,
+        lanes: 1,
+    }
 }
 
 #[test]

@@ -67,6 +67,7 @@ fn image_embeddings_match_onnx_runtime() {
         EncoderOptions {
             batch: 4,
             threads: 1,
+            lanes: 1,
         },
     )
     .unwrap();

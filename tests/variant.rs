@@ -37,7 +37,11 @@ fn int8_bundle(dir: &Path) -> PathBuf {
 }
 
 fn opts(batch: usize) -> EncoderOptions {
-    EncoderOptions { batch, threads: 1 }
+    EncoderOptions {
+        batch,
+        threads: 1,
+        lanes: 1,
+    }
 }
 
 /// Per-row cosines of two `rows × d` matrices.

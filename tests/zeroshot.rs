@@ -65,6 +65,7 @@ fn fieldset_zero_shot_accuracy_matches_reference() {
         EncoderOptions {
             batch: 10,
             threads: 2,
+            lanes: 1,
         },
     )
     .unwrap();

@@ -42,9 +42,10 @@ pub struct BenchArgs {
     /// Backends to measure, comma separated: tract, ort [default: the config's engine.backend].
     #[arg(long, value_name = "NAME,..", value_delimiter = ',', value_parser = ["tract", "ort"])]
     backend: Vec<String>,
-    /// tract only: frame-level parallelism, comma separated lane counts to measure. Each lane
-    /// runs the shared plan on its share of the batch with --threads threads of its own.
-    #[arg(long, value_name = "N,..", value_delimiter = ',', default_value = "1")]
+    /// tract only: frame-level parallelism, comma separated lane counts to measure [default:
+    /// the config's engine.lanes]. A full batch runs as that many single-thread runs of the
+    /// shared plan side by side; a batch that fits one lane gets --threads threads.
+    #[arg(long, value_name = "N,..", value_delimiter = ',')]
     lanes: Vec<usize>,
     /// tract only, for comparison: run without an explicit executor (tract's built-in
     /// single-thread path, whatever --threads says).
@@ -54,6 +55,10 @@ pub struct BenchArgs {
     /// (tract's default 64).
     #[arg(long, hide = true, value_name = "PANELS")]
     tract_panel_threshold: Option<usize>,
+    /// tract only: after timing, run each configuration's batch N more times with every node
+    /// timed, and print where the time goes per operator kind.
+    #[arg(long, value_name = "N")]
+    tract_profile: Option<usize>,
     /// Run the bundle's reduced-precision encoders of this name (e.g. int8) [default: the
     /// config's engine.variant, else the fp32 originals].
     #[arg(long, value_name = "NAME")]
@@ -174,7 +179,7 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
     if args.batch.is_empty() || args.batch.contains(&0) {
         return Err(UsageError("--batch takes sizes of at least 1, e.g. 1,8".into()).into());
     }
-    if args.lanes.is_empty() || args.lanes.contains(&0) {
+    if args.lanes.contains(&0) {
         return Err(UsageError("--lanes takes counts of at least 1, e.g. 1,2".into()).into());
     }
     if args.threads.contains(&0) {
@@ -238,7 +243,11 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
             variant,
             &bundle_path,
             classes,
-            EncoderOptions { batch: 1, threads },
+            EncoderOptions {
+                batch: 1,
+                threads,
+                lanes: 1,
+            },
             None,
             adapter.as_deref(),
         )?)
@@ -303,6 +312,7 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
     let result = (|| -> Result<()> {
         for (name, backend) in &backends {
             let lane_counts = match backend {
+                Backend::Tract if args.lanes.is_empty() => vec![c.engine.lanes],
                 Backend::Tract => args.lanes.clone(),
                 _ => vec![1],
             };
@@ -311,21 +321,38 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
                 .flat_map(|t| lane_counts.iter().map(move |l| (t, l)))
             {
                 for &b in &args.batch {
-                    if lanes > b {
-                        continue;
-                    }
-                    let opts = EncoderOptions { batch: b, threads };
+                    // The config's lanes are capped at the batch, as the daemon caps them;
+                    // lane counts asked for explicitly are measured only where they fit.
+                    let lanes = match args.lanes.is_empty() {
+                        true => lanes.min(b),
+                        false if lanes > b => continue,
+                        false => lanes,
+                    };
+                    let opts = EncoderOptions {
+                        batch: b,
+                        threads,
+                        lanes,
+                    };
                     let load = |opts| -> Result<Box<dyn ImageEncoder>> {
                         Ok(match backend {
                             Backend::Tract => Box::new(TractImageEncoder::load_tuned(
                                 &bundle,
                                 opts,
-                                lanes,
                                 !args.tract_no_executor,
                             )?),
                             _ => load_image_encoder(&bundle, opts, backend)?,
                         })
                     };
+                    if let (Backend::Tract, Some(runs)) = (backend, args.tract_profile) {
+                        let enc = TractImageEncoder::load_tuned(
+                            &bundle,
+                            EncoderOptions { lanes: 1, ..opts },
+                            !args.tract_no_executor,
+                        )?;
+                        let pixels: Vec<f32> =
+                            tensors.iter().cycle().take(b).flatten().copied().collect();
+                        print_profile(&enc.profile(&pixels, runs)?, threads, b, runs);
+                    }
                     let started = Instant::now();
                     let mut enc = load(opts)?;
                     let load_s = started.elapsed().as_secs_f64();
@@ -405,8 +432,14 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
     );
 
     if let Some(engine) = engine.as_ref().filter(|e| e.adapter.is_some()) {
-        let mut enc =
-            TractImageEncoder::load(&engine.bundle, EncoderOptions { batch: 1, threads })?;
+        let mut enc = TractImageEncoder::load(
+            &engine.bundle,
+            EncoderOptions {
+                batch: 1,
+                threads,
+                lanes: 1,
+            },
+        )?;
         let enc_ms = median(&time_encoder(&mut enc, &tensors, files.len(), 1)?.0);
         let mut feats = Vec::with_capacity(tensors.len());
         for px in &tensors {
@@ -527,6 +560,31 @@ fn time_encoder(
         cpu.push((process_cpu_ms() - cpu0) / images);
     }
     Ok((wall, cpu))
+}
+
+/// The per-operator table of `--tract-profile`: ms per image in each operator kind, its share,
+/// and node evaluations per run.
+fn print_profile(ops: &[clipd::encoder::OpTime], threads: usize, batch: usize, runs: usize) {
+    let total: f64 = ops.iter().map(|o| o.total.as_secs_f64()).sum();
+    let images = (runs.max(1) * batch) as f64;
+    println!(
+        "tract profile, {threads} thread(s), batch {batch}, {runs} run(s): {:.2} ms per image in operators",
+        total * 1000.0 / images
+    );
+    println!(
+        "{:>28}  {:>10}  {:>6}  {:>9}",
+        "operator", "ms/image", "share", "nodes/run"
+    );
+    for o in ops {
+        let secs = o.total.as_secs_f64();
+        println!(
+            "{:>28}  {:>10.3}  {:>5.1}%  {:>9}",
+            o.op,
+            secs * 1000.0 / images,
+            100.0 * secs / total.max(1e-12),
+            o.calls / runs.max(1)
+        );
+    }
 }
 
 /// CPU time consumed so far by every thread of this process, in milliseconds.

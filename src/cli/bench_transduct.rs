@@ -332,7 +332,14 @@ pub mod latency {
             due,
             latencies: Vec::with_capacity(files.len()),
         };
-        let enc = TractImageEncoder::load(&engine.bundle, EncoderOptions { batch: 1, threads })?;
+        let enc = TractImageEncoder::load(
+            &engine.bundle,
+            EncoderOptions {
+                batch: 1,
+                threads,
+                lanes: 1,
+            },
+        )?;
         let (stats, sink) = pipeline::run(
             vec![src],
             Transform::from_spec(&engine.bundle.manifest.image),

@@ -79,6 +79,7 @@ pub fn classify(args: ClassifyArgs) -> Result<ExitCode> {
     let opts = EncoderOptions {
         batch,
         threads: args.model.threads.unwrap_or(c.engine.threads),
+        lanes: c.engine.lanes,
     };
     let classes = ClassSpec::from_config(&c.classes, &c.prompts);
     // Reuse the daemon's text-embedding cache when there is one; never create a database here.

@@ -58,7 +58,14 @@ pub fn embed(args: EmbedArgs) -> Result<ExitCode> {
         .map_or(8, |c| c.config.engine.batch)
         .min(args.images.len())
         .max(1);
-    let mut encoder = TractImageEncoder::load(&bundle, EncoderOptions { batch, threads })?;
+    let mut encoder = TractImageEncoder::load(
+        &bundle,
+        EncoderOptions {
+            batch,
+            threads,
+            lanes: 1,
+        },
+    )?;
     let (out, failed) = embed_images(&args.images, &bundle, &mut encoder, &limits)?;
     if failed > 0 {
         // Rows must line up with the inputs: write nothing rather than a shifted matrix.

@@ -172,6 +172,7 @@ fn prepare(cfg: Loaded, ov: &Overrides) -> Result<Prepared> {
     let opts = EncoderOptions {
         batch: c.engine.batch,
         threads: ov.threads.unwrap_or(c.engine.threads),
+        lanes: c.engine.lanes,
     };
     let classes = ClassSpec::from_config(&c.classes, &c.prompts);
     let engine = Engine::load(

@@ -70,6 +70,7 @@ pub fn prepare(model: &ModelArgs, what: &str) -> Result<(Loaded, Prepared)> {
     let opts = EncoderOptions {
         batch: c.engine.batch.max(1),
         threads,
+        lanes: c.engine.lanes,
     };
     let classes = ClassSpec::from_config(&c.classes, &c.prompts);
     let db = cfg.resolve(&c.store.path);

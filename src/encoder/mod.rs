@@ -15,7 +15,7 @@ pub use self::ort::{
     check_version, ensure_library, OrtImageEncoder, OrtLibrary, OrtTextEncoder,
     REQUIRED_MINOR_VERSION,
 };
-pub use self::tract::{TractImageEncoder, TractTextEncoder};
+pub use self::tract::{OpTime, TractImageEncoder, TractTextEncoder};
 
 use std::path::PathBuf;
 
@@ -53,6 +53,10 @@ pub struct EncoderOptions {
     pub batch: usize,
     /// Worker threads for the backend's matrix kernels (1 = run on the calling thread).
     pub threads: usize,
+    /// tract only: frame-level parallelism. A batch larger than `batch / lanes` runs as `lanes`
+    /// concurrent single-thread runs of one shared plan; 1 = every batch runs once on `threads`
+    /// threads. ONNX Runtime schedules its own threads and ignores it.
+    pub lanes: usize,
 }
 
 impl Default for EncoderOptions {
@@ -60,6 +64,7 @@ impl Default for EncoderOptions {
         EncoderOptions {
             batch: 1,
             threads: 1,
+            lanes: 1,
         }
     }
 }

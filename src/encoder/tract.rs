@@ -4,7 +4,10 @@
 //! Every run happens inside an explicit rayon executor, even a one-thread one: on ViT-B-32 that
 //! is markedly faster than tract's built-in single-thread path (docs/performance.md has the
 //! figures). Frame-level parallelism ("lanes") runs the one plan from several threads at once,
-//! each lane on its own executor and its own slice of the batch, sharing the weights.
+//! each lane single-threaded on its own slice of a full batch, sharing the weights: tract
+//! threads only its matrix products, so one single-core run per core also parallelises the
+//! softmaxes, transposes and normalisations between them. A batch that fits one lane runs on
+//! one lane with all the threads instead, so a lone frame still gets every core.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,14 +33,18 @@ struct Graph {
     embed_dim: usize,
     /// Shape of one input item (without the batch axis).
     item_shape: Vec<usize>,
-    /// One executor per lane; lanes run the shared plan concurrently on disjoint items.
+    /// One executor per lane; lanes run the shared plan concurrently on disjoint items of a
+    /// batch too large for one lane.
     lanes: Vec<Executor>,
+    /// The executor for a batch that fits one lane: every configured thread.
+    solo: Executor,
 }
 
 /// How the tract plan is run; the defaults are what measured fastest (docs/performance.md).
 #[derive(Debug, Clone, Copy)]
 struct TractTuning {
-    /// Frame-level parallelism: concurrent runs of the one plan, each on its share of the batch.
+    /// Frame-level parallelism: concurrent single-thread runs of the one plan, each on its
+    /// share of the batch.
     lanes: usize,
     /// Run inside an explicit rayon executor even with one thread. `false` leaves tract on its
     /// built-in single-thread path (whatever the thread count): kept only to measure the
@@ -157,21 +164,25 @@ impl Graph {
         }
         let optimized = typed.into_optimized().map_err(|e| load_err(path, e))?;
         let optimised = started.elapsed();
-        // The executor is not baked into the plan: each lane enters its own around the run.
+        // The executor is not baked into the plan: each run enters one around itself.
         let plan = optimized.into_runnable().map_err(|e| load_err(path, e))?;
-        let lanes = (0..lanes)
-            .map(|_| match tuning.executor {
-                true => executor(path, opts.threads),
-                false => Ok(Executor::SingleThread),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let solo = match tuning.executor {
+            true => executor(path, opts.threads)?,
+            false => Executor::SingleThread,
+        };
+        // One lane uses every thread; several lanes take one core each.
+        let lanes = match lanes {
+            1 => vec![solo.clone()],
+            n => vec![Executor::SingleThread; n],
+        };
         log::info!(
-            "{}: tract plan for batch {} x {} lane(s), {} thread(s) each, ready in {:.2} s \
-             ({} {:.2} s, optimise {:.2} s)",
+            "{}: tract plan for batch {} x {} lane(s), {} thread(s) for a batch of up to {}, \
+             ready in {:.2} s ({} {:.2} s, optimise {:.2} s)",
             path.display(),
             batch,
             lanes.len(),
             opts.threads.max(1),
+            batch,
             started.elapsed().as_secs_f64(),
             if from_cache {
                 "read from cache"
@@ -188,6 +199,7 @@ impl Graph {
             embed_dim,
             item_shape: g.item_shape,
             lanes,
+            solo,
         })
     }
 
@@ -316,7 +328,7 @@ impl Graph {
             });
         }
         if n <= self.batch {
-            return self.run_lane(&self.lanes[0], data, n);
+            return self.run_lane(&self.solo, data, n);
         }
         // Frame-level parallelism: each lane takes the next `batch` items on its own thread.
         let chunks: Vec<&[T]> = data.chunks(self.batch * per).collect();
@@ -347,7 +359,7 @@ impl Graph {
         Ok(out)
     }
 
-    /// Run the plan once on `n` ≤ `batch` items inside `lane`'s executor.
+    /// Run the plan once on `n` ≤ `batch` items inside the executor `lane`.
     fn run_lane<T: Datum + Copy + Default>(
         &self,
         lane: &Executor,
@@ -374,6 +386,59 @@ impl Graph {
     }
 }
 
+/// Time spent in one kind of operator over a profiled run (`TractImageEncoder::profile`).
+#[derive(Debug, Clone)]
+pub struct OpTime {
+    /// tract's operator name after optimisation (e.g. `Opaque`, `OptMatMul`, `Softmax`).
+    pub op: String,
+    /// Wall time in the operator, summed over every node and run.
+    pub total: std::time::Duration,
+    /// Node evaluations counted in `total`.
+    pub calls: usize,
+}
+
+impl Graph {
+    /// Run the plan `runs` times on one lane with every thread, timing every node;
+    /// per-operator totals, largest first. For tuning only: the per-node timing itself costs a little.
+    fn profile(&self, data: &[f32], runs: usize) -> Result<Vec<OpTime>, EncoderError> {
+        let run_err = |e: TractError| EncoderError::Run {
+            path: self.path.clone(),
+            msg: format!("{e:#}"),
+        };
+        let per: usize = self.item_shape.iter().product();
+        let mut full = vec![self.batch];
+        full.extend_from_slice(&self.item_shape);
+        let mut buf: Vec<f32> = data.iter().copied().take(self.batch * per).collect();
+        buf.resize(self.batch * per, 0.0);
+        let input = Tensor::from_shape(&full, &buf).map_err(run_err)?;
+        let mut totals: std::collections::HashMap<String, OpTime> = Default::default();
+        let mut state =
+            tract_onnx::tract_core::plan::SimpleState::new(&self.plan).map_err(run_err)?;
+        for _ in 0..runs.max(1) {
+            let input = input.clone().into_tvalue();
+            multithread_tract_scope(self.solo.clone(), || {
+                state.run_plan_with_eval(tvec!(input), |ctx, op_state, node, inputs| {
+                    let started = Instant::now();
+                    let out = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
+                    let name = node.op().name().to_string();
+                    let t = totals.entry(name.clone()).or_insert(OpTime {
+                        op: name,
+                        total: Default::default(),
+                        calls: 0,
+                    });
+                    t.total += started.elapsed();
+                    t.calls += 1;
+                    out
+                })
+            })
+            .map_err(run_err)?;
+        }
+        let mut v: Vec<OpTime> = totals.into_values().collect();
+        v.sort_by_key(|o| std::cmp::Reverse(o.total));
+        Ok(v)
+    }
+}
+
 /// The bundle's image encoder on tract.
 pub struct TractImageEncoder {
     graph: Graph,
@@ -381,22 +446,22 @@ pub struct TractImageEncoder {
 }
 
 impl TractImageEncoder {
+    /// Load with `opts.lanes` lanes (capped at the batch size): a batch larger than
+    /// `opts.batch / lanes` (rounded up) is split into that many single-thread runs of one
+    /// shared plan side by side; a smaller one runs once with `opts.threads` threads.
     pub fn load(bundle: &Bundle, opts: EncoderOptions) -> Result<Self, EncoderError> {
-        Self::load_tuned(bundle, opts, 1, true)
+        Self::load_tuned(bundle, opts, true)
     }
 
-    /// Load with frame-level parallelism: `lanes` runs of one shared plan side by side, each on
-    /// `opts.batch / lanes` images (rounded up) with `opts.threads` threads of its own (lanes
-    /// are capped at the batch size). `explicit_executor = false` leaves tract on its built-in
-    /// single-thread path whatever the thread count: slower, kept to measure the difference.
+    /// As `load`; `explicit_executor = false` leaves tract on its built-in single-thread path
+    /// whatever the thread count: slower, kept to measure the difference.
     pub fn load_tuned(
         bundle: &Bundle,
         opts: EncoderOptions,
-        lanes: usize,
         explicit_executor: bool,
     ) -> Result<Self, EncoderError> {
         let tuning = TractTuning {
-            lanes,
+            lanes: opts.lanes,
             executor: explicit_executor,
         };
         warn_if_int8(bundle);
@@ -432,6 +497,14 @@ fn warn_if_int8(bundle: &Bundle) {
                 "engine.variant = \"int8\" on tract: tract runs dynamically quantised int8 graphs far slower than fp32; use backend = \"ort\" for int8, or drop engine.variant (docs/performance.md)"
             )
         });
+    }
+}
+
+impl TractImageEncoder {
+    /// Where the plan spends its time, per operator kind, over `runs` runs of one batch made
+    /// from `pixels` (`clipd bench --tract-profile`).
+    pub fn profile(&self, pixels: &[f32], runs: usize) -> Result<Vec<OpTime>, EncoderError> {
+        self.graph.profile(pixels, runs)
     }
 }
 
@@ -537,15 +610,29 @@ mod tests {
     fn lanes_split_a_batch_and_agree_with_one_plan_and_the_reference() {
         let bundle = Bundle::open(&root().join("models/tiny-clip")).unwrap();
         let d = bundle.manifest.embed_dim;
-        let opts = |threads| EncoderOptions { batch: 4, threads };
-        let mut one = TractImageEncoder::load(&bundle, opts(2)).unwrap();
-        let mut two = TractImageEncoder::load_tuned(&bundle, opts(1), 2, true).unwrap();
+        let opts = |lanes| EncoderOptions {
+            batch: 4,
+            threads: 2,
+            lanes,
+        };
+        let mut one = TractImageEncoder::load(&bundle, opts(1)).unwrap();
+        let mut two = TractImageEncoder::load(&bundle, opts(2)).unwrap();
         assert_eq!(one.batch_size(), 4);
         assert_eq!(two.batch_size(), 4);
+        assert_eq!(one.graph.lanes.len(), 1);
+        assert!(matches!(one.graph.lanes[0], Executor::MultiThread(_)));
         assert_eq!(two.graph.lanes.len(), 2);
         assert_eq!(two.graph.batch, 2);
-        // 3 items: the first lane takes two, the second one (zero-padded); 1 item: one lane.
-        for n in [4, 3, 1] {
+        // Lanes take one core each; a batch that fits one lane gets every thread.
+        assert!(two
+            .graph
+            .lanes
+            .iter()
+            .all(|l| matches!(l, Executor::SingleThread)));
+        assert!(matches!(two.graph.solo, Executor::MultiThread(_)));
+        // 3 items: the first lane takes two, the second one (zero-padded); 2 and 1 items fit
+        // one lane and run once on both threads.
+        for n in [4, 3, 2, 1] {
             let (px, want) = fixtures(&bundle, n);
             let mut a = one.encode(&px, n).unwrap();
             let mut b = two.encode(&px, n).unwrap();
@@ -567,14 +654,54 @@ mod tests {
     }
 
     #[test]
+    fn profile_times_every_planned_node_of_every_run() {
+        let bundle = Bundle::open(&root().join("models/tiny-clip")).unwrap();
+        let enc = TractImageEncoder::load(
+            &bundle,
+            EncoderOptions {
+                batch: 2,
+                threads: 1,
+                lanes: 1,
+            },
+        )
+        .unwrap();
+        let (px, _) = fixtures(&bundle, 2);
+        let nodes = enc.graph.plan.order_without_consts().len();
+        for runs in [1, 3] {
+            let ops = enc.profile(&px, runs).unwrap();
+            let calls: usize = ops.iter().map(|o| o.calls).sum();
+            // Every node the plan evaluates, once per run (constants may be folded in).
+            assert!(calls % runs == 0, "{calls} calls over {runs} runs");
+            assert!(
+                calls / runs >= nodes,
+                "{} of {nodes} nodes timed",
+                calls / runs
+            );
+            assert!(
+                ops.windows(2).all(|w| w[0].total >= w[1].total),
+                "not sorted"
+            );
+            let mut names: Vec<&str> = ops.iter().map(|o| o.op.as_str()).collect();
+            names.sort_unstable();
+            names.dedup();
+            assert_eq!(names.len(), ops.len(), "one row per operator kind");
+            assert!(
+                ops.iter().any(|o| o.op.contains("MatMul")),
+                "no matrix product among {names:?}"
+            );
+        }
+    }
+
+    #[test]
     fn lanes_refuse_more_items_than_they_hold_and_cap_at_the_batch() {
         let bundle = Bundle::open(&root().join("models/tiny-clip")).unwrap();
         let opts = EncoderOptions {
             batch: 2,
             threads: 1,
+            lanes: 5,
         };
         // More lanes than items in a batch: one item per lane.
-        let mut enc = TractImageEncoder::load_tuned(&bundle, opts, 5, true).unwrap();
+        let mut enc = TractImageEncoder::load(&bundle, opts).unwrap();
         assert_eq!(enc.graph.lanes.len(), 2);
         assert_eq!(enc.batch_size(), 2);
         let (px, _) = fixtures(&bundle, 3);
@@ -602,6 +729,7 @@ mod tests {
             EncoderOptions {
                 batch: 2,
                 threads: 1,
+                lanes: 1,
             },
             TractTuning::default(),
             Some(entry),
@@ -695,6 +823,7 @@ mod tests {
                 EncoderOptions {
                     batch: 2,
                     threads: 1,
+                    lanes: 1,
                 },
                 TractTuning::default(),
                 Some(&entry),
