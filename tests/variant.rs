@@ -1,6 +1,7 @@
-//! Reduced-precision encoder variants end to end: the shipped tiny model with its int8 variant
-//! (tests/fixtures/tiny-int8, laid over a copy of models/tiny-clip) run by tract, against the
-//! fp32 originals; the engine and `clipd bench` following the chosen variant.
+//! Reduced-precision encoder variants end to end: the shipped tiny model with its int8 and qdq
+//! variants (tests/fixtures/tiny-int8, laid over a copy of models/tiny-clip) run by tract,
+//! against the fp32 originals and ONNX Runtime; the engine and `clipd bench` following the
+//! chosen variant.
 
 mod common;
 
@@ -16,8 +17,8 @@ use clipd::store::{Store, StoreOptions};
 use clipd::tokenizer::ClipTokenizer;
 use common::*;
 
-/// models/tiny-clip plus the committed int8 encoders and the manifest that lists them.
-fn int8_bundle(dir: &Path) -> PathBuf {
+/// models/tiny-clip plus the committed int8 and qdq encoders and the manifest that lists them.
+fn variant_bundle(dir: &Path) -> PathBuf {
     let b = dir.join("tiny-int8");
     std::fs::create_dir_all(&b).unwrap();
     for f in ["image_encoder.onnx", "text_encoder.onnx", "tokenizer.json"] {
@@ -29,6 +30,7 @@ fn int8_bundle(dir: &Path) -> PathBuf {
     for f in [
         "image_encoder.int8.onnx",
         "text_encoder.int8.onnx",
+        "image_encoder.qdq.onnx",
         "manifest.json",
     ] {
         std::fs::copy(fixture.join(f), b.join(f)).unwrap();
@@ -55,7 +57,7 @@ fn row_cosines(a: &[f32], b: &[f32], d: usize) -> Vec<f32> {
 #[test]
 fn int8_image_encoder_on_tract_stays_close_to_fp32() {
     let tmp = tempfile::tempdir().unwrap();
-    let fp32 = Bundle::open(&int8_bundle(tmp.path())).unwrap();
+    let fp32 = Bundle::open(&variant_bundle(tmp.path())).unwrap();
     let int8 = fp32.clone().with_variant(Some("int8")).unwrap();
     assert!(int8
         .image_encoder_path()
@@ -94,9 +96,48 @@ fn int8_image_encoder_on_tract_stays_close_to_fp32() {
 }
 
 #[test]
+fn qdq_image_encoder_on_tract_matches_onnx_runtime_and_stays_close_to_fp32() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fp32 = Bundle::open(&variant_bundle(tmp.path())).unwrap();
+    let qdq = fp32.clone().with_variant(Some("qdq")).unwrap();
+    assert!(qdq.image_encoder_path().ends_with("image_encoder.qdq.onnx"));
+    // The variant quantises the image tower only: the text tower stays fp32.
+    assert_eq!(qdq.text_encoder_path(), fp32.text_encoder_path());
+    let (names, px) = fixture_pixels(&fp32);
+    let n = names.len();
+    let d = fp32.manifest.embed_dim;
+    let want = embed_images(
+        &mut TractImageEncoder::load(&fp32, opts(4)).unwrap(),
+        &px,
+        n,
+    );
+    let got = embed_images(&mut TractImageEncoder::load(&qdq, opts(4)).unwrap(), &px, n);
+    let reference: clipd::npy::Array<f32> =
+        clipd::npy::read(&fixtures().join("tiny-int8/ort_qdq_image_embeds_b1.npy")).unwrap();
+    assert_eq!(reference.shape, vec![n, d]);
+    let worst = |a: &[f32], b: &[f32]| row_cosines(a, b, d).into_iter().fold(1f32, f32::min);
+    let (vs_fp32, vs_ort) = (worst(&got, &want), worst(&got, &reference.data));
+    eprintln!(
+        "qdq on tract over {n} images: worst cosine {vs_fp32:.6} vs fp32, {vs_ort:.6} vs ONNX \
+         Runtime's qdq"
+    );
+    // Static quantisation fixes every scale in the graph, so tract (which dequantises and
+    // multiplies in f32) and ONNX Runtime (int8 kernels) agree whatever shares the batch.
+    assert!(
+        vs_ort >= 0.999,
+        "tract qdq vs ONNX Runtime qdq cosine {vs_ort}"
+    );
+    assert!(vs_fp32 >= 0.99, "qdq vs fp32 cosine {vs_fp32} < 0.99");
+    assert!(
+        vs_fp32 < 0.99999,
+        "qdq embeddings equal fp32's: variant not loaded"
+    );
+}
+
+#[test]
 fn int8_text_encoder_on_tract_stays_close_to_fp32() {
     let tmp = tempfile::tempdir().unwrap();
-    let fp32 = Bundle::open(&int8_bundle(tmp.path())).unwrap();
+    let fp32 = Bundle::open(&variant_bundle(tmp.path())).unwrap();
     let int8 = fp32.clone().with_variant(Some("int8")).unwrap();
     let prompts = fixture_strings("prompts.json");
     let tok = ClipTokenizer::load(&fp32.tokenizer_path(), &fp32.manifest.text).unwrap();
@@ -133,7 +174,7 @@ fn classes() -> Vec<ClassSpec> {
 #[test]
 fn engine_runs_the_variant_and_keeps_its_prompt_cache_apart() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = int8_bundle(tmp.path());
+    let dir = variant_bundle(tmp.path());
     let db = tmp.path().join("cache.db");
     let load = |variant: Option<&str>| {
         Engine::load(
@@ -184,7 +225,7 @@ fn engine_runs_the_variant_and_keeps_its_prompt_cache_apart() {
         Ok(_) => panic!("an unknown variant loaded"),
     };
     assert!(
-        matches!(&err, EngineError::Bundle(BundleError::UnknownVariant { known, .. }) if known == &["int8".to_string()]),
+        matches!(&err, EngineError::Bundle(BundleError::UnknownVariant { known, .. }) if known == &["int8".to_string(), "qdq".to_string()]),
         "{err}"
     );
 }
@@ -207,7 +248,7 @@ fn bench_config(dir: &Path, bundle: &Path, engine: &str) -> PathBuf {
 #[test]
 fn bench_variant_flag_overrides_the_config() {
     let tmp = tempfile::tempdir().unwrap();
-    let bundle = int8_bundle(tmp.path());
+    let bundle = variant_bundle(tmp.path());
     let cfg = bench_config(tmp.path(), &bundle, "variant = \"fp16\"");
     let cfg = cfg.to_str().unwrap();
     let common = [
@@ -255,7 +296,7 @@ mod ort {
     #[test]
     fn ort_on_the_int8_variant_matches_onnx_runtime_and_stays_near_fp32() {
         let tmp = tempfile::tempdir().unwrap();
-        let fp32 = Bundle::open(&int8_bundle(tmp.path())).unwrap();
+        let fp32 = Bundle::open(&variant_bundle(tmp.path())).unwrap();
         let int8 = fp32.clone().with_variant(Some("int8")).unwrap();
         let settings = OrtSettings {
             library: Some(ort_library()),
@@ -305,7 +346,7 @@ mod ort {
 #[test]
 fn classify_and_run_follow_the_configured_variant() {
     let tmp = tempfile::tempdir().unwrap();
-    let bundle = int8_bundle(tmp.path());
+    let bundle = variant_bundle(tmp.path());
     let frame = fixtures()
         .join("fieldset/test/circle")
         .read_dir()

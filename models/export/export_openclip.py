@@ -314,11 +314,16 @@ def main(argv=None) -> int:
     ap.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER)
     ap.add_argument("--force", action="store_true", help="replace an existing output directory")
     ap.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
-    ap.add_argument("--variants", default="", help="comma list of extra variants: fp16,int8")
+    ap.add_argument("--variants", default="", help="comma list of extra variants: fp16,int8,qdq")
+    ap.add_argument("--calibration", type=Path,
+                    help="qdq: a directory of images like the deployment's frames")
     args = ap.parse_args(argv)
     try:
         if args.out.exists() and not args.force:
             raise ExportError(f"{args.out}: output directory exists (pass --force to replace it)")
+        if "qdq" in args.variants.split(",") and args.calibration is None:
+            raise ExportError("--variants qdq needs --calibration DIR: images like the "
+                              "deployment's frames, to measure activation ranges on")
         import torch
 
         torch.manual_seed(0)
@@ -334,7 +339,7 @@ def main(argv=None) -> int:
         if variants:
             from variants import write_variants
 
-            write_variants(args.out, variants)
+            write_variants(args.out, variants, calibration=args.calibration)
         del result
         return 0
     except ExportError as e:

@@ -1,0 +1,105 @@
+"""models/export/variants.py on the shipped tiny bundle: the statically quantised `qdq` image
+tower is a real QDQ graph, recorded in the manifest, close to fp32 on frames the calibration did
+not see; its failure paths name the fix.
+
+Runs with the light test dependencies (numpy, pillow, onnx, onnxruntime).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLE = REPO / "models" / "tiny-clip"
+FRAMES = REPO / "tests" / "fixtures" / "fieldset" / "test"
+sys.path.insert(0, str(REPO / "models" / "export"))
+
+pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+import variants  # noqa: E402
+from export_openclip import ExportError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def qdq_bundle(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundle")
+    for f in BUNDLE.iterdir():
+        shutil.copy(f, out / f.name)
+    variants.write_variants(out, ["qdq"], log=lambda *_: None, calibration=FRAMES)
+    return out
+
+
+def embed(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    e = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    return e / np.linalg.norm(e, axis=-1, keepdims=True)
+
+
+def test_qdq_quantises_the_image_tower_only_and_records_it(qdq_bundle):
+    m = json.loads((qdq_bundle / "manifest.json").read_text())
+    entry = m["variants"]["qdq"]
+    assert list(entry) == ["image_encoder"], "the text tower stays fp32"
+    f = qdq_bundle / entry["image_encoder"]["file"]
+    assert f.name == "image_encoder.qdq.onnx"
+    assert entry["image_encoder"]["bytes"] == f.stat().st_size
+    assert m["files"][f.name] == hashlib.sha256(f.read_bytes()).hexdigest()
+    assert not (qdq_bundle / "text_encoder.qdq.onnx").exists()
+    qdq = onnx.load(str(f)).graph
+    ops = [n.op_type for n in qdq.node]
+    assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > 0
+    # Every matrix product with weights reads dequantised operands; the products of two
+    # activations (attention) and the patch embedding stay fp32.
+    fp32 = onnx.load(str(BUNDLE / "image_encoder.onnx")).graph
+    consts = {t.name for t in fp32.initializer}
+    consts |= {o for n in fp32.node if n.op_type == "Constant" for o in n.output}
+    products = [n for n in fp32.node if n.op_type in ("MatMul", "Gemm")]
+    weighted = {n.name for n in products if any(i in consts for i in n.input)}
+    assert weighted and len(weighted) < len(products), "expected both kinds of product"
+    dequantised = {o for n in qdq.node if n.op_type == "DequantizeLinear" for o in n.output}
+    for n in qdq.node:
+        if n.op_type in ("MatMul", "Gemm"):
+            fed = any(i in dequantised for i in n.input)
+            assert fed == (n.name in weighted), f"{n.name}: quantised {fed}"
+    assert ops.count("Conv") == sum(n.op_type == "Conv" for n in fp32.node)
+    assert not any(i in dequantised for n in qdq.node if n.op_type == "Conv" for i in n.input)
+    assert 0.99 <= entry["image_encoder"]["min_cosine_vs_fp32"] <= 1.0
+
+
+def test_qdq_embeddings_stay_close_to_fp32_on_unseen_frames(qdq_bundle):
+    m = json.loads((qdq_bundle / "manifest.json").read_text())
+    held = variants.calibration_images(FRAMES, m, held_out=True)
+    calib = variants.calibration_images(FRAMES, m)
+    assert len(held) == 8 and len(calib) == variants.MAX_CALIBRATION_IMAGES
+    assert not any(any(np.array_equal(h, c) for c in calib) for h in held)
+    x = np.stack(held).astype(np.float32)
+    cos = np.sum(embed(BUNDLE / "image_encoder.onnx", x)
+                 * embed(qdq_bundle / "image_encoder.qdq.onnx", x), axis=-1)
+    assert cos.min() >= 0.99, cos
+    assert cos.min() == pytest.approx(m["variants"]["qdq"]["image_encoder"]["min_cosine_vs_fp32"],
+                                      abs=1e-5)
+
+
+def test_qdq_without_calibration_frames_names_the_fix(tmp_path):
+    for f in BUNDLE.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    with pytest.raises(ExportError, match="--calibration"):
+        variants.write_variants(tmp_path, ["qdq"], log=lambda *_: None)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ExportError, match="no images to calibrate on"):
+        variants.write_variants(tmp_path, ["qdq"], log=lambda *_: None, calibration=empty)
+    with pytest.raises(ExportError, match="unknown variant 'int4'"):
+        variants.write_variants(tmp_path, ["int4"], log=lambda *_: None)
+    # Nothing was half-written.
+    assert not (tmp_path / "image_encoder.qdq.onnx").exists()
+    assert "variants" not in json.loads((tmp_path / "manifest.json").read_text())
