@@ -389,7 +389,7 @@ impl Graph {
 /// Time spent in one kind of operator over a profiled run (`TractImageEncoder::profile`).
 #[derive(Debug, Clone)]
 pub struct OpTime {
-    /// tract's operator name after optimisation (e.g. `Opaque`, `OptMatMul`, `Softmax`).
+    /// tract's operator name after optimisation (e.g. `OptMatMul`, `Softmax`, `MoveAxis`).
     pub op: String,
     /// Wall time in the operator, summed over every node and run.
     pub total: std::time::Duration,
@@ -399,7 +399,8 @@ pub struct OpTime {
 
 impl Graph {
     /// Run the plan `runs` times on one lane with every thread, timing every node;
-    /// per-operator totals, largest first. For tuning only: the per-node timing itself costs a little.
+    /// per-operator totals, largest first. For tuning only: the per-node timing itself costs a
+    /// little.
     fn profile(&self, data: &[f32], runs: usize) -> Result<Vec<OpTime>, EncoderError> {
         let run_err = |e: TractError| EncoderError::Run {
             path: self.path.clone(),
