@@ -158,14 +158,8 @@ def write_variants(bundle: Path, variants: list[str], log=print,
     for variant in variants:
         if variant not in CONVERTERS:
             raise ExportError(f"unknown variant '{variant}' (known: {', '.join(CONVERTERS)})")
-    cached = {}
-
-    def calibration_once():
-        if "images" not in cached:
-            cached["images"] = calibration_images(calibration, manifest)
-        return cached["images"]
-
-    ctx = {"manifest": manifest, "calibration": calibration_once}
+    # Read only by a converter that calibrates (qdq, on the image tower: once).
+    ctx = {"manifest": manifest, "calibration": lambda: calibration_images(calibration, manifest)}
     if calibration is not None:
         # Measure every variant's image cosine on real frames the calibration did not use.
         held = calibration_images(calibration, manifest, held_out=True)

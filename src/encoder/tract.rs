@@ -366,23 +366,32 @@ impl Graph {
         data: &[T],
         n: usize,
     ) -> Result<Vec<f32>, EncoderError> {
-        let per: usize = self.item_shape.iter().product();
-        let run_err = |e: TractError| EncoderError::Run {
-            path: self.path.clone(),
-            msg: format!("{e:#}"),
-        };
-        let mut full = vec![self.batch];
-        full.extend_from_slice(&self.item_shape);
-        // The plan is specialised for a fixed batch: pad a short batch with zeros.
-        let mut buf = Vec::with_capacity(self.batch * per);
-        buf.extend_from_slice(data);
-        buf.resize(self.batch * per, T::default());
-        let input = Tensor::from_shape(&full, &buf).map_err(run_err)?;
+        let run_err = |e| self.run_err(e);
+        let input = self.padded_input(data)?;
         let out =
             multithread_tract_scope(lane.clone(), || self.plan.run(tvec!(input.into_tvalue())))
                 .map_err(run_err)?;
         let view = out[0].to_plain_array_view::<f32>().map_err(run_err)?;
         Ok(view.iter().take(n * self.embed_dim).copied().collect())
+    }
+
+    /// The plan's input tensor for up to `batch` items: the plan is specialised for a fixed
+    /// batch, so a short batch is padded with zeros.
+    fn padded_input<T: Datum + Copy + Default>(&self, data: &[T]) -> Result<Tensor, EncoderError> {
+        let per: usize = self.item_shape.iter().product();
+        let mut full = vec![self.batch];
+        full.extend_from_slice(&self.item_shape);
+        let mut buf = Vec::with_capacity(self.batch * per);
+        buf.extend_from_slice(data);
+        buf.resize(self.batch * per, T::default());
+        Tensor::from_shape(&full, &buf).map_err(|e| self.run_err(e))
+    }
+
+    fn run_err(&self, e: TractError) -> EncoderError {
+        EncoderError::Run {
+            path: self.path.clone(),
+            msg: format!("{e:#}"),
+        }
     }
 }
 
@@ -402,16 +411,9 @@ impl Graph {
     /// per-operator totals, largest first. For tuning only: the per-node timing itself costs a
     /// little.
     fn profile(&self, data: &[f32], runs: usize) -> Result<Vec<OpTime>, EncoderError> {
-        let run_err = |e: TractError| EncoderError::Run {
-            path: self.path.clone(),
-            msg: format!("{e:#}"),
-        };
+        let run_err = |e| self.run_err(e);
         let per: usize = self.item_shape.iter().product();
-        let mut full = vec![self.batch];
-        full.extend_from_slice(&self.item_shape);
-        let mut buf: Vec<f32> = data.iter().copied().take(self.batch * per).collect();
-        buf.resize(self.batch * per, 0.0);
-        let input = Tensor::from_shape(&full, &buf).map_err(run_err)?;
+        let input = self.padded_input(&data[..data.len().min(self.batch * per)])?;
         let mut totals: std::collections::HashMap<String, OpTime> = Default::default();
         let mut state =
             tract_onnx::tract_core::plan::SimpleState::new(&self.plan).map_err(run_err)?;
