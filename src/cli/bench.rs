@@ -17,6 +17,7 @@ use clipd::classes::ClassSpec;
 use clipd::config::EngineConfig;
 use clipd::encoder::{
     load_image_encoder, Backend, BackendKind, EncoderOptions, ImageEncoder, TractImageEncoder,
+    TractStock,
 };
 use clipd::engine::Engine;
 use clipd::head::Classifier;
@@ -51,6 +52,10 @@ pub struct BenchArgs {
     /// single-thread path, whatever --threads says).
     #[arg(long, hide = true)]
     tract_no_executor: bool,
+    /// tract only, for comparison: keep tract's own softmax (rows evaluated one by one) where
+    /// clipd would swap in its vectorised row softmax.
+    #[arg(long, hide = true)]
+    tract_stock_softmax: bool,
     /// tract only, for tuning: MMM panel count below which tract does not thread a product
     /// (tract's default 64).
     #[arg(long, hide = true, value_name = "PANELS")]
@@ -333,13 +338,15 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
                         threads,
                         lanes,
                     };
+                    let stock = TractStock {
+                        no_executor: args.tract_no_executor,
+                        softmax: args.tract_stock_softmax,
+                    };
                     let load = |opts| -> Result<Box<dyn ImageEncoder>> {
                         Ok(match backend {
-                            Backend::Tract => Box::new(TractImageEncoder::load_tuned(
-                                &bundle,
-                                opts,
-                                !args.tract_no_executor,
-                            )?),
+                            Backend::Tract => {
+                                Box::new(TractImageEncoder::load_tuned(&bundle, opts, stock)?)
+                            }
                             _ => load_image_encoder(&bundle, opts, backend)?,
                         })
                     };
@@ -347,7 +354,7 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
                         let enc = TractImageEncoder::load_tuned(
                             &bundle,
                             EncoderOptions { lanes: 1, ..opts },
-                            !args.tract_no_executor,
+                            stock,
                         )?;
                         let pixels: Vec<f32> =
                             tensors.iter().cycle().take(b).flatten().copied().collect();

@@ -15,7 +15,7 @@ pub use self::ort::{
     check_version, ensure_library, OrtImageEncoder, OrtLibrary, OrtTextEncoder,
     REQUIRED_MINOR_VERSION,
 };
-pub use self::tract::{OpTime, TractImageEncoder, TractTextEncoder};
+pub use self::tract::{OpTime, TractImageEncoder, TractStock, TractTextEncoder};
 
 use std::path::PathBuf;
 

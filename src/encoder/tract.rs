@@ -18,6 +18,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
 mod cache;
+mod softmax;
 
 use super::{EncoderError, EncoderOptions, ImageEncoder, TextEncoder};
 use crate::bundle::{shape_str, Bundle, EncoderSpec};
@@ -50,6 +51,19 @@ struct TractTuning {
     /// built-in single-thread path (whatever the thread count): kept only to measure the
     /// difference.
     executor: bool,
+    /// Swap the softmaxes tract would evaluate row by row for [`softmax::RowSoftmax`].
+    /// `false` keeps tract's own: kept only to measure the difference.
+    row_softmax: bool,
+}
+
+/// Which of clipd's tract tunings to leave out, to measure what each gives; the default leaves
+/// out none.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TractStock {
+    /// Leave tract on its built-in single-thread path, whatever the thread count.
+    pub no_executor: bool,
+    /// Keep tract's own softmax everywhere.
+    pub softmax: bool,
 }
 
 impl Default for TractTuning {
@@ -57,6 +71,7 @@ impl Default for TractTuning {
         TractTuning {
             lanes: 1,
             executor: true,
+            row_softmax: true,
         }
     }
 }
@@ -162,7 +177,13 @@ impl Graph {
                 ),
             });
         }
-        let optimized = typed.into_optimized().map_err(|e| load_err(path, e))?;
+        let mut optimized = typed.into_optimized().map_err(|e| load_err(path, e))?;
+        if tuning.row_softmax {
+            let n = softmax::use_row_softmax(&mut optimized).map_err(|e| load_err(path, e))?;
+            if n > 0 {
+                log::debug!("{}: {n} softmax node(s) run as RowSoftmax", path.display());
+            }
+        }
         let optimised = started.elapsed();
         // The executor is not baked into the plan: each run enters one around itself.
         let plan = optimized.into_runnable().map_err(|e| load_err(path, e))?;
@@ -453,19 +474,20 @@ impl TractImageEncoder {
     /// `opts.batch / lanes` (rounded up) is split into that many single-thread runs of one
     /// shared plan side by side; a smaller one runs once with `opts.threads` threads.
     pub fn load(bundle: &Bundle, opts: EncoderOptions) -> Result<Self, EncoderError> {
-        Self::load_tuned(bundle, opts, true)
+        Self::load_tuned(bundle, opts, TractStock::default())
     }
 
-    /// As `load`; `explicit_executor = false` leaves tract on its built-in single-thread path
-    /// whatever the thread count: slower, kept to measure the difference.
+    /// As `load`, with tract's stock behaviour restored where `stock` says so: slower, kept to
+    /// measure the difference (`clipd bench`).
     pub fn load_tuned(
         bundle: &Bundle,
         opts: EncoderOptions,
-        explicit_executor: bool,
+        stock: TractStock,
     ) -> Result<Self, EncoderError> {
         let tuning = TractTuning {
             lanes: opts.lanes,
-            executor: explicit_executor,
+            executor: !stock.no_executor,
+            row_softmax: !stock.softmax,
         };
         warn_if_int8(bundle);
         let m = &bundle.manifest;
@@ -693,6 +715,50 @@ mod tests {
                 "no matrix product among {names:?}"
             );
         }
+    }
+
+    /// The row softmax swap on a whole model: the tiny image tower gives the same embeddings
+    /// as with tract's own softmax, and the swap happens wherever tract would take its per-row
+    /// path. (The text tower, causal mask included, is held to the reference in tests/.)
+    #[test]
+    fn row_softmax_matches_tracts_own_on_a_whole_tower() {
+        let bundle = Bundle::open(&root().join("models/tiny-clip")).unwrap();
+        let opts = EncoderOptions {
+            batch: 2,
+            threads: 1,
+            lanes: 1,
+        };
+        let stock = TractStock {
+            softmax: true,
+            ..TractStock::default()
+        };
+        let mut ours = TractImageEncoder::load(&bundle, opts).unwrap();
+        let mut theirs = TractImageEncoder::load_tuned(&bundle, opts, stock).unwrap();
+        let ops = |g: &Graph| -> Vec<String> {
+            g.plan
+                .order_without_consts()
+                .iter()
+                .map(|&n| g.plan.model().node(n).op().name().to_string())
+                .collect()
+        };
+        let (ours_ops, theirs_ops) = (ops(&ours.graph), ops(&theirs.graph));
+        let swapped = ours_ops.iter().filter(|o| *o == "RowSoftmax").count();
+        let stock_softmaxes = theirs_ops.iter().filter(|o| *o == "Softmax").count();
+        assert!(stock_softmaxes > 0, "no softmax in {theirs_ops:?}");
+        assert!(!theirs_ops.iter().any(|o| o == "RowSoftmax"));
+        if tract_linalg::routines::softmax_rows_f32().is_none() {
+            assert_eq!(
+                swapped, stock_softmaxes,
+                "every softmax swapped: {ours_ops:?}"
+            );
+        }
+        let (px, _) = fixtures(&bundle, 2);
+        let a = ours.encode(&px, 2).unwrap();
+        let b = theirs.encode(&px, 2).unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+        }
+        assert!(cosine(&a, &b) > 0.999_999);
     }
 
     #[test]
