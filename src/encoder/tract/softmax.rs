@@ -95,12 +95,8 @@ pub fn use_row_softmax(model: &mut TypedModel) -> TractResult<usize> {
         {
             continue;
         }
-        let patch = TypedModelPatch::replace_single_op(
-            model,
-            node,
-            &node.inputs.clone(),
-            RowSoftmax { row_len },
-        )?;
+        let patch =
+            TypedModelPatch::replace_single_op(model, node, &node.inputs, RowSoftmax { row_len })?;
         patch.apply(model)?;
         replaced += 1;
     }
