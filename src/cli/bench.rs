@@ -56,6 +56,10 @@ pub struct BenchArgs {
     /// clipd would swap in its vectorised row softmax.
     #[arg(long, hide = true)]
     tract_stock_softmax: bool,
+    /// tract only, for comparison: keep tract's own matrix products for the dense
+    /// (constant-weight) layers where clipd would run its AVX2 kernel.
+    #[arg(long, hide = true)]
+    tract_stock_matmul: bool,
     /// tract only, for tuning: MMM panel count below which tract does not thread a product
     /// (tract's default 64).
     #[arg(long, hide = true, value_name = "PANELS")]
@@ -341,6 +345,7 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
                     let stock = TractStock {
                         no_executor: args.tract_no_executor,
                         softmax: args.tract_stock_softmax,
+                        matmul: args.tract_stock_matmul,
                     };
                     let load = |opts| -> Result<Box<dyn ImageEncoder>> {
                         Ok(match backend {

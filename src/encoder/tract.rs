@@ -18,6 +18,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
 mod cache;
+mod dense;
 mod softmax;
 
 use super::{EncoderError, EncoderOptions, ImageEncoder, TextEncoder};
@@ -54,6 +55,9 @@ struct TractTuning {
     /// Swap the softmaxes tract would evaluate row by row for [`softmax::RowSoftmax`].
     /// `false` keeps tract's own: kept only to measure the difference.
     row_softmax: bool,
+    /// Run the products with constant weights as [`dense::Dense`] where the CPU allows.
+    /// `false` keeps tract's own: kept only to measure the difference.
+    dense: bool,
 }
 
 /// Which of clipd's tract tunings to leave out, to measure what each gives; the default leaves
@@ -64,6 +68,8 @@ pub struct TractStock {
     pub no_executor: bool,
     /// Keep tract's own softmax everywhere.
     pub softmax: bool,
+    /// Keep tract's own matrix products for the dense (constant-weight) layers.
+    pub matmul: bool,
 }
 
 impl Default for TractTuning {
@@ -72,6 +78,7 @@ impl Default for TractTuning {
             lanes: 1,
             executor: true,
             row_softmax: true,
+            dense: true,
         }
     }
 }
@@ -177,7 +184,15 @@ impl Graph {
                 ),
             });
         }
-        let mut optimized = typed.into_optimized().map_err(|e| load_err(path, e))?;
+        let mut optimized = typed;
+        optimized.declutter().map_err(|e| load_err(path, e))?;
+        if tuning.dense {
+            let n = dense::use_dense(&mut optimized).map_err(|e| load_err(path, e))?;
+            if n > 0 {
+                log::debug!("{}: {n} product(s) run as Dense", path.display());
+            }
+        }
+        optimized.optimize().map_err(|e| load_err(path, e))?;
         if tuning.row_softmax {
             let n = softmax::use_row_softmax(&mut optimized).map_err(|e| load_err(path, e))?;
             if n > 0 {
@@ -436,6 +451,9 @@ impl Graph {
         let per: usize = self.item_shape.iter().product();
         let input = self.padded_input(&data[..data.len().min(self.batch * per)])?;
         let mut totals: std::collections::HashMap<String, OpTime> = Default::default();
+        // Per node as well, for the slowest-nodes listing at debug level.
+        let mut per_node: std::collections::HashMap<usize, std::time::Duration> =
+            Default::default();
         let mut state =
             tract_onnx::tract_core::plan::SimpleState::new(&self.plan).map_err(run_err)?;
         for _ in 0..runs.max(1) {
@@ -450,12 +468,28 @@ impl Graph {
                         total: Default::default(),
                         calls: 0,
                     });
-                    t.total += started.elapsed();
+                    let spent = started.elapsed();
+                    t.total += spent;
                     t.calls += 1;
+                    *per_node.entry(node.id).or_default() += spent;
                     out
                 })
             })
             .map_err(run_err)?;
+        }
+        if log::log_enabled!(log::Level::Debug) {
+            let mut nodes: Vec<(usize, std::time::Duration)> = per_node.into_iter().collect();
+            nodes.sort_by_key(|(_, t)| std::cmp::Reverse(*t));
+            for (id, spent) in nodes.into_iter().take(24) {
+                let node = self.plan.model().node(id);
+                let info = node.op().info().unwrap_or_default().join(" | ");
+                log::debug!(
+                    "{:>8.2} ms/run  #{id} {} ({}): {info}",
+                    spent.as_secs_f64() * 1e3 / runs.max(1) as f64,
+                    node.op().name(),
+                    node.name,
+                );
+            }
         }
         let mut v: Vec<OpTime> = totals.into_values().collect();
         v.sort_by_key(|o| std::cmp::Reverse(o.total));
@@ -488,6 +522,7 @@ impl TractImageEncoder {
             lanes: opts.lanes,
             executor: !stock.no_executor,
             row_softmax: !stock.softmax,
+            dense: !stock.matmul,
         };
         warn_if_int8(bundle);
         let m = &bundle.manifest;
@@ -717,20 +752,15 @@ mod tests {
         }
     }
 
-    /// The row softmax swap on a whole model: the tiny image tower gives the same embeddings
-    /// as with tract's own softmax, and the swap happens wherever tract would take its per-row
-    /// path. (The text tower, causal mask included, is held to the reference in tests/.)
-    #[test]
-    fn row_softmax_matches_tracts_own_on_a_whole_tower() {
+    /// Load the tiny image tower as shipped and with `stock`'s parts of tract restored, check
+    /// that both give the same embeddings, and return both plans' operator names. (Both towers
+    /// as shipped are also held to the reference in tests/parity.rs.)
+    fn agrees_with_stock_on_a_whole_tower(stock: TractStock) -> (Vec<String>, Vec<String>) {
         let bundle = Bundle::open(&root().join("models/tiny-clip")).unwrap();
         let opts = EncoderOptions {
             batch: 2,
             threads: 1,
             lanes: 1,
-        };
-        let stock = TractStock {
-            softmax: true,
-            ..TractStock::default()
         };
         let mut ours = TractImageEncoder::load(&bundle, opts).unwrap();
         let mut theirs = TractImageEncoder::load_tuned(&bundle, opts, stock).unwrap();
@@ -741,7 +771,25 @@ mod tests {
                 .map(|&n| g.plan.model().node(n).op().name().to_string())
                 .collect()
         };
-        let (ours_ops, theirs_ops) = (ops(&ours.graph), ops(&theirs.graph));
+        let (px, _) = fixtures(&bundle, 2);
+        let a = ours.encode(&px, 2).unwrap();
+        let b = theirs.encode(&px, 2).unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+        }
+        assert!(cosine(&a, &b) > 0.999_999);
+        (ops(&ours.graph), ops(&theirs.graph))
+    }
+
+    /// The row softmax swap on a whole model: the same embeddings as with tract's own softmax,
+    /// and the swap happens wherever tract would take its per-row path.
+    #[test]
+    fn row_softmax_matches_tracts_own_on_a_whole_tower() {
+        let stock = TractStock {
+            softmax: true,
+            ..TractStock::default()
+        };
+        let (ours_ops, theirs_ops) = agrees_with_stock_on_a_whole_tower(stock);
         let swapped = ours_ops.iter().filter(|o| *o == "RowSoftmax").count();
         let stock_softmaxes = theirs_ops.iter().filter(|o| *o == "Softmax").count();
         assert!(stock_softmaxes > 0, "no softmax in {theirs_ops:?}");
@@ -752,13 +800,28 @@ mod tests {
                 "every softmax swapped: {ours_ops:?}"
             );
         }
-        let (px, _) = fixtures(&bundle, 2);
-        let a = ours.encode(&px, 2).unwrap();
-        let b = theirs.encode(&px, 2).unwrap();
-        for (x, y) in a.iter().zip(&b) {
-            assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+    }
+
+    /// The dense-layer swap on a whole model: the same embeddings as with tract's own matrix
+    /// products, and every linear layer swapped where the CPU has AVX2 and FMA.
+    #[test]
+    fn dense_layers_match_tracts_own_on_a_whole_tower() {
+        let stock = TractStock {
+            matmul: true,
+            ..TractStock::default()
+        };
+        let (ours_ops, theirs_ops) = agrees_with_stock_on_a_whole_tower(stock);
+        let dense = ours_ops.iter().filter(|o| *o == "Dense").count();
+        let products = |ops: &[String]| ops.iter().filter(|o| *o == "OptMatMul").count();
+        assert!(!theirs_ops.iter().any(|o| o == "Dense"));
+        if dense::available() {
+            // Every linear layer (4 per block and the projection); attention's products of two
+            // activations and the patch embedding stay tract's.
+            assert!(dense >= 5, "{ours_ops:?}");
+            assert_eq!(products(&ours_ops) + dense, products(&theirs_ops));
+        } else {
+            assert_eq!(dense, 0);
         }
-        assert!(cosine(&a, &b) > 0.999_999);
     }
 
     #[test]
