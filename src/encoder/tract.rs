@@ -752,13 +752,16 @@ mod tests {
         }
     }
 
-    /// Load the tiny image tower as shipped and with `stock`'s parts of tract restored, check
-    /// that both give the same embeddings, and return both plans' operator names. (Both towers
-    /// as shipped are also held to the reference in tests/parity.rs.)
-    fn agrees_with_stock_on_a_whole_tower(stock: TractStock) -> (Vec<String>, Vec<String>) {
+    /// Load the tiny image tower for `batch` as shipped and with `stock`'s parts of tract
+    /// restored, check that both give the same embeddings, and return both plans' operator
+    /// names. (Both towers as shipped are also held to the reference in tests/parity.rs.)
+    fn agrees_with_stock_on_a_whole_tower(
+        stock: TractStock,
+        batch: usize,
+    ) -> (Vec<String>, Vec<String>) {
         let bundle = Bundle::open(&root().join("models/tiny-clip")).unwrap();
         let opts = EncoderOptions {
-            batch: 2,
+            batch,
             threads: 1,
             lanes: 1,
         };
@@ -771,9 +774,9 @@ mod tests {
                 .map(|&n| g.plan.model().node(n).op().name().to_string())
                 .collect()
         };
-        let (px, _) = fixtures(&bundle, 2);
-        let a = ours.encode(&px, 2).unwrap();
-        let b = theirs.encode(&px, 2).unwrap();
+        let (px, _) = fixtures(&bundle, batch);
+        let a = ours.encode(&px, batch).unwrap();
+        let b = theirs.encode(&px, batch).unwrap();
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() < 1e-5, "{x} vs {y}");
         }
@@ -789,7 +792,7 @@ mod tests {
             softmax: true,
             ..TractStock::default()
         };
-        let (ours_ops, theirs_ops) = agrees_with_stock_on_a_whole_tower(stock);
+        let (ours_ops, theirs_ops) = agrees_with_stock_on_a_whole_tower(stock, 2);
         let swapped = ours_ops.iter().filter(|o| *o == "RowSoftmax").count();
         let stock_softmaxes = theirs_ops.iter().filter(|o| *o == "Softmax").count();
         assert!(stock_softmaxes > 0, "no softmax in {theirs_ops:?}");
@@ -803,24 +806,39 @@ mod tests {
     }
 
     /// The dense-layer swap on a whole model: the same embeddings as with tract's own matrix
-    /// products, and every linear layer swapped where the CPU has AVX2 and FMA.
+    /// products, and every linear layer swapped where the CPU has AVX2 and FMA, at batch 1
+    /// (where tract folds the `Reshape`s around each `Gemm` into the product, leaving a unit
+    /// axis that only the activation has) as at batch 2.
     #[test]
     fn dense_layers_match_tracts_own_on_a_whole_tower() {
         let stock = TractStock {
             matmul: true,
             ..TractStock::default()
         };
-        let (ours_ops, theirs_ops) = agrees_with_stock_on_a_whole_tower(stock);
-        let dense = ours_ops.iter().filter(|o| *o == "Dense").count();
-        let products = |ops: &[String]| ops.iter().filter(|o| *o == "OptMatMul").count();
-        assert!(!theirs_ops.iter().any(|o| o == "Dense"));
-        if dense::available() {
-            // Every linear layer (4 per block and the projection); attention's products of two
-            // activations and the patch embedding stay tract's.
-            assert!(dense >= 5, "{ours_ops:?}");
-            assert_eq!(products(&ours_ops) + dense, products(&theirs_ops));
-        } else {
-            assert_eq!(dense, 0);
+        for batch in [1, 2] {
+            let (ours_ops, theirs_ops) = agrees_with_stock_on_a_whole_tower(stock, batch);
+            let count = |ops: &[String], name: &str| ops.iter().filter(|o| *o == name).count();
+            let dense = count(&ours_ops, "Dense");
+            let blocks = count(&theirs_ops, "RowSoftmax") + count(&theirs_ops, "Softmax");
+            assert!(blocks > 0, "no attention in {theirs_ops:?}");
+            assert_eq!(count(&theirs_ops, "Dense"), 0);
+            if dense::available() {
+                // Every linear layer: 4 per block (qkv, output, MLP in and out) and the
+                // projection; attention's 2 products of two activations per block and the
+                // patch embedding (a convolution: im2col and a product) stay tract's.
+                assert_eq!(dense, 4 * blocks + 1, "batch {batch}: {ours_ops:?}");
+                assert_eq!(
+                    count(&ours_ops, "OptMatMul"),
+                    2 * blocks + 1,
+                    "batch {batch}"
+                );
+                assert_eq!(
+                    count(&ours_ops, "OptMatMul") + dense,
+                    count(&theirs_ops, "OptMatMul")
+                );
+            } else {
+                assert_eq!(dense, 0);
+            }
         }
     }
 

@@ -100,8 +100,10 @@ pub struct Dense {
     contracted: usize,
     /// The output's (concrete) shape.
     out_shape: TVec<usize>,
-    /// For each row axis of the input (its leading axes), in input order, its output axis.
-    row_axes_out: TVec<usize>,
+    /// For each row axis of the input (its leading axes), in input order, its output axis;
+    /// `None` for a unit axis the output drops (a batch of one, once tract has folded the
+    /// `Reshape` around a `Gemm` into the product).
+    row_axes_out: TVec<Option<usize>>,
 }
 
 impl PartialEq for Dense {
@@ -142,7 +144,7 @@ impl Dense {
             let offset = index
                 .iter()
                 .zip(&self.row_axes_out)
-                .map(|(i, &axis)| i * strides[axis] as usize)
+                .filter_map(|(i, axis)| axis.map(|axis| i * strides[axis] as usize))
                 .sum();
             offsets.push(offset);
             // Row-major odometer over the row axes.
@@ -407,8 +409,10 @@ fn candidate(model: &TypedModel, id: usize) -> TractResult<Option<Candidate>> {
     let (x_rank, w_rank, out_rank) = (x_shape.len(), weights.rank(), out_shape.len());
     // (x position, w position) of each contracted axis; the column axis; the row axes.
     let mut contracted: Vec<(usize, usize)> = vec![];
-    let mut column: Option<(usize, usize)> = None; // (w position, output position)
-    let mut rows: Vec<(usize, usize)> = vec![]; // (x position, output position)
+    // (w position, output position)
+    let mut column: Option<(usize, usize)> = None;
+    // (x position, output position, or none for a unit axis the output drops)
+    let mut rows: Vec<(usize, Option<usize>)> = vec![];
     for axis in einsum.axes.iter_all_axes() {
         let (in_x, in_w, out) = (
             &axis.inputs[ix][..],
@@ -421,7 +425,8 @@ fn candidate(model: &TypedModel, id: usize) -> TractResult<Option<Candidate>> {
         match (in_x.first(), in_w.first(), out.first()) {
             (Some(&xp), Some(&wp), None) => contracted.push((xp, wp)),
             (None, Some(&wp), Some(&op)) if column.is_none() => column = Some((wp, op)),
-            (Some(&xp), None, Some(&op)) => rows.push((xp, op)),
+            (Some(&xp), None, Some(&op)) => rows.push((xp, Some(op))),
+            (Some(&xp), None, None) if x_shape[xp] == 1 => rows.push((xp, None)),
             (None, None, Some(&op)) if out_shape[op] == 1 => {}
             _ => return Ok(None), // a batch axis, a sum over one operand, a second column axis
         }
@@ -684,7 +689,13 @@ mod tests {
         agrees(m, &[7, 2, 3, 8], 1)?;
         // The qkv projection: a unit axis that only the output has, rows swapped.
         let m = model("mak,kn->bamn", &[2, 5, 16], &[16, 48], false, None)?;
-        agrees(m, &[2, 5, 16], 1)
+        agrees(m, &[2, 5, 16], 1)?;
+        // ViT-B-32's MLP and qkv projections at batch 1: a unit axis that only the activation
+        // has, alone and beside one that only the output has.
+        let m = model("amk,kn->mn", &[1, 17, 32], &[32, 40], false, Some(&[1, 40]))?;
+        agrees(m, &[1, 17, 32], 1)?;
+        let m = model("bmk,kn->amcn", &[1, 17, 32], &[32, 40], false, None)?;
+        agrees(m, &[1, 17, 32], 1)
     }
 
     #[test]
