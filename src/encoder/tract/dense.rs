@@ -263,8 +263,13 @@ unsafe fn run_panels(
     let (k, n) = (w.k, w.n);
     let rows = offsets.len();
     debug_assert!(x.len() >= rows * k);
+    let end = range.end;
     for p in range {
         let panel = unsafe { w.data.as_ptr().add(p * k * NR) };
+        // The next panel, fetched towards L2 while the first tile works on this one: at small
+        // batches the weights stream from memory once per run, and the hardware prefetcher
+        // does not cross into the next panel soon enough.
+        let next = (p + 1 < end).then(|| unsafe { panel.add(k * NR) });
         let bias = unsafe { w.bias.as_ptr().add(p * NR) };
         let cols = NR.min(n - p * NR);
         let mut r = 0;
@@ -275,7 +280,8 @@ unsafe fn run_panels(
                 *d = unsafe { out.0.add(off + p * NR) };
             }
             let xr = unsafe { x.as_ptr().add(r * k) };
-            unsafe { tile(tile_rows, k, xr, panel, bias, &dst, cols) };
+            let prefetch = if r == 0 { next } else { None };
+            unsafe { tile(tile_rows, k, xr, panel, bias, &dst, cols, prefetch) };
             r += tile_rows;
         }
     }
@@ -285,6 +291,7 @@ unsafe fn run_panels(
 ///
 /// # Safety
 /// As [`run_panels`]; `dst[..rows]` are the rows' first output column of this panel.
+#[allow(clippy::too_many_arguments)]
 unsafe fn tile(
     rows: usize,
     k: usize,
@@ -293,23 +300,31 @@ unsafe fn tile(
     bias: *const f32,
     dst: &[*mut f32; MR],
     cols: usize,
+    prefetch: Option<*const f32>,
 ) {
     #[cfg(target_arch = "x86_64")]
     unsafe {
-        match rows {
-            6 => avx2::tile::<6>(k, x, panel, bias, dst, cols),
-            5 => avx2::tile::<5>(k, x, panel, bias, dst, cols),
-            4 => avx2::tile::<4>(k, x, panel, bias, dst, cols),
-            3 => avx2::tile::<3>(k, x, panel, bias, dst, cols),
-            2 => avx2::tile::<2>(k, x, panel, bias, dst, cols),
-            _ => avx2::tile::<1>(k, x, panel, bias, dst, cols),
+        let pf = prefetch.unwrap_or(std::ptr::null());
+        match (rows, prefetch.is_some()) {
+            (6, false) => avx2::tile::<6, false>(k, x, panel, bias, dst, cols, pf),
+            (6, true) => avx2::tile::<6, true>(k, x, panel, bias, dst, cols, pf),
+            (5, false) => avx2::tile::<5, false>(k, x, panel, bias, dst, cols, pf),
+            (5, true) => avx2::tile::<5, true>(k, x, panel, bias, dst, cols, pf),
+            (4, false) => avx2::tile::<4, false>(k, x, panel, bias, dst, cols, pf),
+            (4, true) => avx2::tile::<4, true>(k, x, panel, bias, dst, cols, pf),
+            (3, false) => avx2::tile::<3, false>(k, x, panel, bias, dst, cols, pf),
+            (3, true) => avx2::tile::<3, true>(k, x, panel, bias, dst, cols, pf),
+            (2, false) => avx2::tile::<2, false>(k, x, panel, bias, dst, cols, pf),
+            (2, true) => avx2::tile::<2, true>(k, x, panel, bias, dst, cols, pf),
+            (_, false) => avx2::tile::<1, false>(k, x, panel, bias, dst, cols, pf),
+            (_, true) => avx2::tile::<1, true>(k, x, panel, bias, dst, cols, pf),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         // Unreachable: `use_dense` never plants the op without `available()`, and `eval`
         // checks it again.
-        let _ = (rows, k, x, panel, bias, dst, cols);
+        let _ = (rows, k, x, panel, bias, dst, cols, prefetch);
     }
 }
 
@@ -323,18 +338,24 @@ mod avx2 {
     ///
     /// # Safety
     /// The CPU has AVX2 and FMA; `x` holds `R * k` floats, `panel` `k * 16`, `bias` 16, and
-    /// each `dst[r]` (r < R) `cols` writable floats.
+    /// each `dst[r]` (r < R) `cols` writable floats. With `PF`, `next` is another `k * 16`
+    /// panel, one cache line of which is prefetched per step.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile<const R: usize>(
+    pub(super) unsafe fn tile<const R: usize, const PF: bool>(
         k: usize,
         x: *const f32,
         panel: *const f32,
         bias: *const f32,
         dst: &[*mut f32; MR],
         cols: usize,
+        next: *const f32,
     ) {
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         for p in 0..k {
+            if PF {
+                // 16 floats are one 64-byte line: step p fetches the next panel's row p.
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(next.add(p * NR) as *const i8) };
+            }
             let (w0, w1) = unsafe {
                 (
                     _mm256_loadu_ps(panel.add(p * NR)),
