@@ -292,7 +292,9 @@ mod ort {
 
     /// ONNX Runtime's dynamic quantisation scales activations per whole input tensor, so an
     /// image's int8 embedding depends on what shares its batch: compared at batch 1, against
-    /// ONNX Runtime's own (Python) result for the committed graph.
+    /// ONNX Runtime's own (Python) result for the committed graph on this machine (its int8
+    /// kernels differ by release and instruction set), or, where Python cannot run it, against the
+    /// committed reference within the looser bound that holds across CPUs.
     #[test]
     fn ort_on_the_int8_variant_matches_onnx_runtime_and_stays_near_fp32() {
         let tmp = tempfile::tempdir().unwrap();
@@ -310,10 +312,24 @@ mod ort {
             &px,
             n,
         );
-        let reference: clipd::npy::Array<f32> =
-            clipd::npy::read(&fixtures().join("tiny-int8/ort_image_embeds_b1.npy")).unwrap();
-        assert_eq!(reference.shape, vec![n, d]);
-        let worst_ref = row_cosines(&got, &reference.data, d)
+        let size = int8.manifest.image.size;
+        let (reference, bound, source) = match onnx_runtime_on_this_machine(
+            &int8.image_encoder_path(),
+            &px,
+            n,
+            &[3, size, size],
+        ) {
+            Some(here) => (here, 0.999, "ONNX Runtime (Python) on this machine"),
+            None => {
+                let committed: clipd::npy::Array<f32> =
+                    clipd::npy::read(&fixtures().join("tiny-int8/ort_image_embeds_b1.npy"))
+                        .unwrap();
+                assert_eq!(committed.shape, vec![n, d]);
+                (committed.data, 0.98, "the committed ONNX Runtime reference")
+            }
+        };
+        assert_eq!(reference.len(), n * d);
+        let worst_ref = row_cosines(&got, &reference, d)
             .into_iter()
             .fold(1f32, f32::min);
         let want = embed_images(
@@ -323,12 +339,12 @@ mod ort {
         );
         let worst_fp32 = row_cosines(&got, &want, d).into_iter().fold(1f32, f32::min);
         eprintln!(
-            "ort int8 over {n} images: worst cosine {worst_ref:.6} vs ONNX Runtime (Python), \
+            "ort int8 over {n} images: worst cosine {worst_ref:.6} vs {source}, \
              {worst_fp32:.6} vs fp32"
         );
         assert!(
-            worst_ref >= 0.999,
-            "ort int8 vs ONNX Runtime int8 cosine {worst_ref}"
+            worst_ref >= bound,
+            "ort int8 vs {source}: cosine {worst_ref} < {bound}"
         );
         assert!(
             worst_fp32 >= 0.98,

@@ -273,6 +273,55 @@ pub fn ort_library() -> PathBuf {
         .unwrap_or_else(|| panic!("no libonnxruntime.so* in {}", dir.display()))
 }
 
+/// ONNX Runtime's own (Python, CPU provider) L2-normalised outputs of `model` for `count`
+/// inputs of `pixels`, one input per run, computed on this machine: its int8 kernels differ by
+/// release and by instruction set (AVX2, AVX-512 VNNI, AMX), so a reference made elsewhere
+/// agrees only to about 0.99 cosine. `None` when `ORT_DYLIB_PATH` names a library
+/// other than the wheel's (versions may differ) or Python cannot run ONNX Runtime.
+pub fn onnx_runtime_on_this_machine(
+    model: &Path,
+    pixels: &[f32],
+    count: usize,
+    input_shape: &[usize],
+) -> Option<Vec<f32>> {
+    if std::env::var_os("ORT_DYLIB_PATH").is_some_and(|p| !p.is_empty()) {
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, output) = (tmp.path().join("in.npy"), tmp.path().join("out.npy"));
+    let mut shape = vec![count];
+    shape.extend_from_slice(input_shape);
+    clipd::npy::write(&input, &shape, pixels).unwrap();
+    let script = r#"
+import sys
+import numpy as np
+import onnxruntime as ort
+model, src, dst = sys.argv[1:4]
+sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+name = sess.get_inputs()[0].name
+x = np.load(src).astype(np.float32)
+e = np.stack([sess.run(None, {name: x[i:i + 1]})[0][0] for i in range(len(x))]).astype(np.float32)
+np.save(dst, e / np.linalg.norm(e, axis=1, keepdims=True))
+"#;
+    let ran = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(model)
+        .arg(&input)
+        .arg(&output)
+        .output()
+        .ok()?;
+    if !ran.status.success() {
+        eprintln!(
+            "ONNX Runtime (Python) did not run: {}",
+            String::from_utf8_lossy(&ran.stderr)
+        );
+        return None;
+    }
+    let out: clipd::npy::Array<f32> = clipd::npy::read(&output).unwrap();
+    Some(out.data)
+}
+
 /// A fixture file holding a JSON list of strings (`images.json`, `prompts.json`).
 pub fn fixture_strings(name: &str) -> Vec<String> {
     read_json(&fixtures().join(name))
