@@ -41,7 +41,7 @@ pub enum BundleError {
         field: String,
         msg: String,
     },
-    #[error("{}: variant {name:?} is not in this bundle (it has: {}); create it with `python models/export/variants.py --bundle {} --variants {name}`, or remove engine.variant from the config to run the fp32 originals", path.display(), list_or_none(known), dir.display())]
+    #[error("{}: variant {name:?} is not in this bundle (it has: {}); {}, or remove engine.variant from the config to run the fp32 originals", path.display(), list_or_none(known), how_to_make(name, dir))]
     UnknownVariant {
         path: PathBuf,
         dir: PathBuf,
@@ -57,6 +57,29 @@ pub enum BundleError {
         expected: String,
         actual: String,
     },
+}
+
+/// The variants `models/export/variants.py` makes.
+const MADE_BY_VARIANTS_PY: [&str; 3] = ["int8", "qdq", "fp16"];
+
+/// How to add variant `name` to the bundle in `dir`: the exporter's command when it makes that
+/// variant, else the names it does make.
+fn how_to_make(name: &str, dir: &Path) -> String {
+    if !MADE_BY_VARIANTS_PY.contains(&name) {
+        return format!(
+            "models/export/variants.py makes {}",
+            MADE_BY_VARIANTS_PY.join(", ")
+        );
+    }
+    let calibration = if name == "qdq" {
+        " --calibration FRAMES_DIR"
+    } else {
+        ""
+    };
+    format!(
+        "create it with `python models/export/variants.py --bundle {} --variants {name}{calibration}`",
+        dir.display()
+    )
 }
 
 fn list_or_none(names: &[String]) -> String {
@@ -709,11 +732,21 @@ mod tests {
                 if name == "fp16" && known == &["int8".to_string()]),
             "{e}"
         );
-        let e = b.with_variant(Some("fp16")).unwrap_err().to_string();
+        let e = b
+            .clone()
+            .with_variant(Some("fp16"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("it has: int8"), "{e}");
         assert!(e.contains("variants.py --bundle"), "{e}");
         assert!(e.contains("--variants fp16"), "{e}");
         assert!(!e.contains('\n'), "{e}");
+        // qdq needs frames to calibrate on; a name the exporter does not make gets the names it does.
+        let e = b.clone().with_variant(Some("qdq")).unwrap_err().to_string();
+        assert!(e.contains("--variants qdq --calibration FRAMES_DIR"), "{e}");
+        let e = b.with_variant(Some("int4")).unwrap_err().to_string();
+        assert!(!e.contains("--variants int4"), "{e}");
+        assert!(e.contains("variants.py makes int8, qdq, fp16"), "{e}");
         // A bundle without variants says so.
         let plain = tempfile::tempdir().unwrap();
         write_bundle(plain.path(), &manifest_json(8));

@@ -245,6 +245,57 @@ fn classify_on_ort_agrees_with_tract_and_logs_the_provider_it_got() {
     assert!(!tmp.path().join("never.db").exists());
 }
 
+/// `clipd embed` encodes images on the configured backend, like `classify`: the ort config's
+/// rows match tract's, the log names ONNX Runtime, and a config whose library is missing fails.
+#[test]
+fn embed_follows_the_configured_backend() {
+    let tmp = tempfile::tempdir().unwrap();
+    let frames = some_frames();
+    let embed = |cfg: &Path, out: &Path| {
+        clipd()
+            .args(["embed", "--config", cfg.to_str().unwrap(), "--out"])
+            .arg(out)
+            .args(&frames)
+            .env("RUST_LOG", "info")
+            .env_remove("ORT_DYLIB_PATH")
+            .output()
+            .unwrap()
+    };
+    let (t_out, o_out) = (tmp.path().join("t.npy"), tmp.path().join("o.npy"));
+    let t = embed(&engine_config(tmp.path(), ""), &t_out);
+    assert!(t.status.success(), "tract: {}", stderr(&t));
+    let ort_cfg = engine_config(
+        tmp.path(),
+        &format!("backend = \"ort\"\nort_library = {:?}", ort_library()),
+    );
+    let o = embed(&ort_cfg, &o_out);
+    assert!(o.status.success(), "ort: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("image_encoder.onnx: ONNX Runtime"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&t).contains("ONNX Runtime"), "{}", stderr(&t));
+    let (want, got): (npy::Array<f32>, npy::Array<f32>) =
+        (npy::read(&t_out).unwrap(), npy::read(&o_out).unwrap());
+    assert_eq!(got.shape, want.shape);
+    let d = want.shape[1];
+    for (i, (g, w)) in got.data.chunks(d).zip(want.data.chunks(d)).enumerate() {
+        let c = cosine(g, w);
+        assert!(c >= 0.9999, "{}: ort vs tract cosine {c}", frames[i]);
+    }
+    let missing = tmp.path().join("no-such-libonnxruntime.so");
+    let bad = embed(
+        &engine_config(
+            tmp.path(),
+            &format!("backend = \"ort\"\nort_library = {missing:?}"),
+        ),
+        &tmp.path().join("bad.npy"),
+    );
+    assert_eq!(bad.status.code(), Some(3), "{}", stderr(&bad));
+    assert!(!tmp.path().join("bad.npy").exists());
+}
+
 #[test]
 fn classify_with_a_bad_library_fails_in_one_line_with_exit_3() {
     let tmp = tempfile::tempdir().unwrap();

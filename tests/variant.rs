@@ -1,5 +1,5 @@
-//! Reduced-precision encoder variants end to end: the shipped tiny model with its int8 and qdq
-//! variants (tests/fixtures/tiny-int8, laid over a copy of models/tiny-clip) run by tract,
+//! Reduced-precision encoder variants end to end: the shipped tiny model with its int8, qdq and
+//! fp16 variants (tests/fixtures/tiny-int8, laid over a copy of models/tiny-clip) run by tract,
 //! against the fp32 originals and ONNX Runtime; the engine and `clipd bench` following the
 //! chosen variant.
 
@@ -31,6 +31,8 @@ fn variant_bundle(dir: &Path) -> PathBuf {
         "image_encoder.int8.onnx",
         "text_encoder.int8.onnx",
         "image_encoder.qdq.onnx",
+        "image_encoder.fp16.onnx",
+        "text_encoder.fp16.onnx",
         "manifest.json",
     ] {
         std::fs::copy(fixture.join(f), b.join(f)).unwrap();
@@ -159,6 +161,55 @@ fn int8_text_encoder_on_tract_stays_close_to_fp32() {
     assert!(worst < 0.99999, "int8 text embeddings equal fp32's");
 }
 
+/// tract runs both float16 towers (float16 weights and arithmetic, float32 at the edges) close
+/// to fp32: the variant's Gemm nodes were rewritten as MatMul + Add, which tract 0.23.9 loads.
+#[test]
+fn fp16_encoders_on_tract_stay_close_to_fp32() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fp32 = Bundle::open(&variant_bundle(tmp.path())).unwrap();
+    let fp16 = fp32.clone().with_variant(Some("fp16")).unwrap();
+    assert!(fp16
+        .image_encoder_path()
+        .ends_with("image_encoder.fp16.onnx"));
+    assert!(fp16.text_encoder_path().ends_with("text_encoder.fp16.onnx"));
+    let d = fp32.manifest.embed_dim;
+    let worst = |a: &[f32], b: &[f32]| row_cosines(a, b, d).into_iter().fold(1f32, f32::min);
+
+    let (names, px) = fixture_pixels(&fp32);
+    let n = names.len();
+    let images =
+        |b: &Bundle| embed_images(&mut TractImageEncoder::load(b, opts(4)).unwrap(), &px, n);
+    let (half, full) = (images(&fp16), images(&fp32));
+    let image_cos = worst(&half, &full);
+
+    let prompts = fixture_strings("prompts.json");
+    let tok = ClipTokenizer::load(&fp32.tokenizer_path(), &fp32.manifest.text).unwrap();
+    let ids = tok.encode_all(&prompts).unwrap();
+    let texts = |b: &Bundle| {
+        let mut e = encode_texts(&mut TractTextEncoder::load(b, opts(4)).unwrap(), &ids).unwrap();
+        l2_normalize_rows(&mut e, d);
+        e
+    };
+    let (half_t, full_t) = (texts(&fp16), texts(&fp32));
+    let text_cos = worst(&half_t, &full_t);
+    eprintln!(
+        "fp16 vs fp32 on tract: worst cosine {image_cos:.6} over {n} images, {text_cos:.6} over \
+         {} prompts",
+        prompts.len()
+    );
+    assert!(image_cos >= 0.999, "fp16 vs fp32 image cosine {image_cos}");
+    assert!(text_cos >= 0.999, "fp16 vs fp32 text cosine {text_cos}");
+    // Another graph really ran: float16 rounding moves every embedding a little.
+    assert_ne!(
+        half, full,
+        "fp16 image embeddings equal fp32's: variant not loaded"
+    );
+    assert_ne!(
+        half_t, full_t,
+        "fp16 text embeddings equal fp32's: variant not loaded"
+    );
+}
+
 fn classes() -> Vec<ClassSpec> {
     ["circle", "square", "triangle"]
         .iter()
@@ -214,7 +265,7 @@ fn engine_runs_the_variant_and_keeps_its_prompt_cache_apart() {
     // An unknown variant is a bundle error naming what the bundle has.
     let err = match Engine::load(
         &Backend::Tract,
-        Some("fp16"),
+        Some("int4"),
         &dir,
         classes(),
         opts(1),
@@ -225,7 +276,7 @@ fn engine_runs_the_variant_and_keeps_its_prompt_cache_apart() {
         Ok(_) => panic!("an unknown variant loaded"),
     };
     assert!(
-        matches!(&err, EngineError::Bundle(BundleError::UnknownVariant { known, .. }) if known == &["int8".to_string(), "qdq".to_string()]),
+        matches!(&err, EngineError::Bundle(BundleError::UnknownVariant { known, .. }) if known == &["fp16".to_string(), "int8".to_string(), "qdq".to_string()]),
         "{err}"
     );
 }
@@ -249,7 +300,7 @@ fn bench_config(dir: &Path, bundle: &Path, engine: &str) -> PathBuf {
 fn bench_variant_flag_overrides_the_config() {
     let tmp = tempfile::tempdir().unwrap();
     let bundle = variant_bundle(tmp.path());
-    let cfg = bench_config(tmp.path(), &bundle, "variant = \"fp16\"");
+    let cfg = bench_config(tmp.path(), &bundle, "variant = \"int4\"");
     let cfg = cfg.to_str().unwrap();
     let common = [
         "bench",
@@ -262,15 +313,15 @@ fn bench_variant_flag_overrides_the_config() {
         "1",
         "--json",
     ];
-    // The config's fp16 is not in the bundle: a bundle error (exit 3) naming the fix.
+    // The config's int4 is not in the bundle: a bundle error (exit 3) naming the fix.
     let o = run(&common);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(
-        err.contains("variant \"fp16\" is not in this bundle"),
+        err.contains("variant \"int4\" is not in this bundle"),
         "{err}"
     );
-    assert!(err.contains("it has: int8"), "{err}");
+    assert!(err.contains("it has: fp16, int8, qdq"), "{err}");
     // --variant int8 overrides it, and each row says which variant it timed.
     let mut args = common.to_vec();
     args.extend(["--variant", "int8"]);
@@ -355,6 +406,64 @@ mod ort {
             "int8 embeddings equal fp32's: variant not loaded"
         );
     }
+
+    /// A float16 graph with a Transpose → Cast(fp16→fp32) → MatMul section
+    /// (tests/fixtures/ort-float16) kills the process inside ONNX Runtime's NchwcTransformer on
+    /// x86-64 unless the ort backend leaves that optimizer out for the fp16 variant: here it
+    /// loads and computes what the graph says.
+    #[test]
+    fn ort_loads_a_float16_variant_that_crashes_onnx_runtimes_layout_optimizer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("bundle");
+        std::fs::create_dir(&dir).unwrap();
+        for f in ["image_encoder.onnx", "text_encoder.onnx", "tokenizer.json"] {
+            std::fs::copy(bundle_dir().join(f), dir.join(f)).unwrap();
+        }
+        let half = dir.join("image_encoder.fp16.onnx");
+        std::fs::copy(
+            fixtures().join("ort-float16/image_encoder.fp16.onnx"),
+            &half,
+        )
+        .unwrap();
+        let mut manifest = read_json(&bundle_dir().join("manifest.json"));
+        manifest["files"]["image_encoder.fp16.onnx"] =
+            clipd::bundle::sha256_file(&half).unwrap().into();
+        manifest["variants"] =
+            serde_json::json!({"fp16": {"image_encoder": {"file": "image_encoder.fp16.onnx"}}});
+        std::fs::write(
+            dir.join("manifest.json"),
+            serde_json::to_string(&manifest).unwrap(),
+        )
+        .unwrap();
+        let bundle = Bundle::open(&dir)
+            .unwrap()
+            .with_variant(Some("fp16"))
+            .unwrap();
+        let settings = OrtSettings {
+            library: Some(ort_library()),
+            providers: vec![ExecutionProvider::Cpu],
+        };
+        let mut enc = OrtImageEncoder::load(&bundle, opts(2), &settings).unwrap();
+        let (s, d) = (bundle.manifest.image.size, bundle.manifest.embed_dim);
+        let plane = s * s;
+        // Two images, each channel a constant (so its mean is exact in float16).
+        let means = [[0.5f32, -1.0, 2.0], [0.25, 0.75, -0.125]];
+        let px: Vec<f32> = means
+            .iter()
+            .flat_map(|m| m.iter().flat_map(|&v| std::iter::repeat_n(v, plane)))
+            .collect();
+        let got = clipd::encoder::ImageEncoder::encode(&mut enc, &px, 2).unwrap();
+        assert_eq!(got.len(), 2 * d);
+        for (b, m) in means.iter().enumerate() {
+            for j in 0..d {
+                let want: f32 = (0..3)
+                    .map(|c| m[c] * (c + 1) as f32 * (j as f32 - 64.0) / 64.0)
+                    .sum();
+                let v = got[b * d + j];
+                assert!((v - want).abs() < 1e-4, "image {b}, dim {j}: {v} vs {want}");
+            }
+        }
+    }
 }
 
 /// `classify` and `run --once` load the configured variant: an unknown one is refused naming
@@ -373,14 +482,14 @@ fn classify_and_run_follow_the_configured_variant() {
         .path();
     let frame = frame.to_str().unwrap();
     for (cmd, extra) in [("classify", vec![frame]), ("run", vec!["--once"])] {
-        let cfg = bench_config(tmp.path(), &bundle, "variant = \"fp16\"");
+        let cfg = bench_config(tmp.path(), &bundle, "variant = \"int4\"");
         let cfg = cfg.to_str().unwrap();
         let mut args = vec![cmd, "--config", cfg];
         args.extend(&extra);
         let o = run(&args);
         assert_eq!(o.status.code(), Some(3), "{cmd}: {}", stderr(&o));
         assert!(
-            stderr(&o).contains("variant \"fp16\" is not in this bundle"),
+            stderr(&o).contains("variant \"int4\" is not in this bundle"),
             "{cmd}: {}",
             stderr(&o)
         );

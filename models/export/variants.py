@@ -17,7 +17,8 @@
   no more accurate on the tiny model (0.9975 vs 0.9986) and tract agrees less with ONNX
   Runtime on them (cosine 0.998 vs 0.9994).
 - fp16: weights and activations in float16 with float32 inputs/outputs (needs
-  `pip install onnxconverter-common`).
+  `pip install onnxconverter-common`). Gemm nodes are first rewritten as the equivalent MatMul
+  + Add: tract 0.23.9 cannot load a float16 Gemm.
 
 Each variant is written next to the fp32 file (`image_encoder.int8.onnx`, …), its sha256 added to
 the manifest's `files`, and its embedding cosine vs fp32 recorded under `variants` in the
@@ -119,10 +120,80 @@ def _quantize_qdq(src: Path, dst: Path, tower: str, ctx: dict) -> bool:
     return True
 
 
+def gemm_as_matmul(model):
+    """Rewrite every Gemm node of `model` (in place) as the equivalent MatMul, then Mul by alpha
+    and Add of beta·C where they are not 1 / absent; transposed operands become Transpose nodes
+    (or transposed initializers). The result computes the same values. Why: tract 0.23.9
+    cannot load a float16 Gemm (its translation yields a float32 output and the load fails),
+    while it runs a float16 MatMul + Add."""
+    onnx = require("onnx")
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    nodes = []
+    copied = set()  # initializers that were given a transposed copy
+
+    def operand(name: str, transposed: bool, tag: str) -> str:
+        if not transposed:
+            return name
+        if name in inits:
+            t = numpy_helper.to_array(inits[name]).T.copy()
+            out = f"{name}_transposed"
+            if out not in inits:
+                inits[out] = numpy_helper.from_array(t, out)
+                graph.initializer.append(inits[out])
+                copied.add(name)
+            return out
+        out = f"{tag}_transposed"
+        nodes.append(helper.make_node("Transpose", [name], [out], name=out, perm=[1, 0]))
+        return out
+
+    def scalar(value: float, tag: str) -> str:
+        name = f"{tag}_scale"
+        graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), name))
+        return name
+
+    for node in graph.node:
+        if node.op_type != "Gemm":
+            nodes.append(node)
+            continue
+        attr = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        tag = node.name or node.output[0]
+        a = operand(node.input[0], bool(attr.get("transA", 0)), f"{tag}_a")
+        b = operand(node.input[1], bool(attr.get("transB", 0)), f"{tag}_b")
+        alpha, beta = float(attr.get("alpha", 1.0)), float(attr.get("beta", 1.0))
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        out = node.output[0]
+        product = out if alpha == 1.0 and bias is None else f"{tag}_matmul"
+        nodes.append(helper.make_node("MatMul", [a, b], [product], name=f"{tag}_matmul"))
+        if alpha != 1.0:
+            scaled = out if bias is None else f"{tag}_alpha"
+            nodes.append(helper.make_node("Mul", [product, scalar(alpha, f"{tag}_alpha")],
+                                          [scaled], name=f"{tag}_alpha"))
+            product = scaled
+        if bias is not None:
+            if beta != 1.0:
+                nodes.append(helper.make_node("Mul", [bias, scalar(beta, f"{tag}_beta")],
+                                              [f"{tag}_beta"], name=f"{tag}_beta"))
+                bias = f"{tag}_beta"
+            nodes.append(helper.make_node("Add", [product, bias], [out], name=f"{tag}_bias"))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    # A weight read only as a transposed operand now lives on as its transposed copy alone.
+    used = {i for node in graph.node for i in node.input} | {o.name for o in graph.output}
+    kept = [i for i in graph.initializer if i.name in used or i.name not in copied]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    onnx.checker.check_model(model)
+    return model
+
+
 def _convert_fp16(src: Path, dst: Path, tower: str, ctx: dict) -> bool:
     onnx = require("onnx")
     f16 = require("onnxconverter_common", "onnxconverter-common")
-    model = f16.float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    model = gemm_as_matmul(onnx.load(str(src)))
+    model = f16.float16.convert_float_to_float16(model, keep_io_types=True)
     onnx.save(model, str(dst))
     return True
 
@@ -142,9 +213,15 @@ def _probe_inputs(manifest: dict):
     return {"image_encoder": images, "text_encoder": ids}
 
 
-def _embed(path: Path, input_name: str, x) -> np.ndarray:
+# ONNX Runtime's NchwcTransformer crashes the process (SIGSEGV) on x86-64 while loading float16
+# graphs (microsoft/onnxruntime#28392); clipd's ort backend leaves it out for fp16 as well.
+FLOAT16_DISABLED_OPTIMIZERS = ["NchwcTransformer"]
+
+
+def _embed(path: Path, input_name: str, x, float16: bool = False) -> np.ndarray:
     ort = require("onnxruntime")
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"],
+                                disabled_optimizers=FLOAT16_DISABLED_OPTIMIZERS if float16 else None)
     out = sess.run(None, {input_name: x})[0].astype(np.float32)
     return out / np.linalg.norm(out, axis=-1, keepdims=True)
 
@@ -174,7 +251,8 @@ def write_variants(bundle: Path, variants: list[str], log=print,
             if not CONVERTERS[variant](src, dst, tower, ctx):
                 continue
             name = spec["input"]["name"]
-            cos = np.sum(_embed(src, name, probes[tower]) * _embed(dst, name, probes[tower]), -1)
+            cos = np.sum(_embed(src, name, probes[tower])
+                         * _embed(dst, name, probes[tower], float16=variant == "fp16"), -1)
             entry[tower] = {"file": dst.name, "bytes": dst.stat().st_size,
                             "min_cosine_vs_fp32": round(float(cos.min()), 6),
                             "mean_cosine_vs_fp32": round(float(cos.mean()), 6)}

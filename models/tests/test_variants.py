@@ -102,3 +102,87 @@ def test_qdq_without_calibration_frames_names_the_fix(tmp_path):
     # Nothing was half-written.
     assert not (tmp_path / "image_encoder.qdq.onnx").exists()
     assert "variants" not in json.loads((tmp_path / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("trans_a,trans_b,alpha,beta,bias,b_is_weight", [
+    (0, 0, 1.0, 1.0, True, True),
+    (0, 1, 1.0, 1.0, True, True),
+    (1, 1, 0.5, 2.0, True, False),
+    (0, 0, 1.5, 1.0, False, True),
+    (1, 0, 1.0, 0.25, True, True),
+])
+def test_gemm_as_matmul_computes_what_gemm_does(trans_a, trans_b, alpha, beta, bias, b_is_weight):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    m, k, n = 5, 6, 4
+    a_shape = [k, m] if trans_a else [m, k]
+    b_value = rng.standard_normal([n, k] if trans_b else [k, n]).astype(np.float32)
+    inputs = [helper.make_tensor_value_info("a", TensorProto.FLOAT, a_shape)]
+    inits = [numpy_helper.from_array(rng.standard_normal([n]).astype(np.float32), "c")]
+    if b_is_weight:
+        inits.append(numpy_helper.from_array(b_value, "b"))
+    else:
+        inputs.append(helper.make_tensor_value_info("b", TensorProto.FLOAT, list(b_value.shape)))
+    gemm = helper.make_node("Gemm", ["a", "b", "c"] if bias else ["a", "b"], ["y"], name="g",
+                            transA=trans_a, transB=trans_b, alpha=alpha, beta=beta)
+    graph = helper.make_graph([gemm], "gemm", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    feed = {"a": rng.standard_normal(a_shape).astype(np.float32)}
+    if not b_is_weight:
+        feed["b"] = b_value
+
+    def run(mdl):
+        sess = ort.InferenceSession(mdl.SerializeToString(), providers=["CPUExecutionProvider"])
+        return sess.run(None, feed)[0]
+
+    want = run(model)
+    rewritten = variants.gemm_as_matmul(model)
+    assert "Gemm" not in [node.op_type for node in rewritten.graph.node]
+    np.testing.assert_allclose(run(rewritten), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def fp16_bundle(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundle16")
+    for f in BUNDLE.iterdir():
+        shutil.copy(f, out / f.name)
+    variants.write_variants(out, ["fp16"], log=lambda *_: None, calibration=FRAMES)
+    return out
+
+
+def test_fp16_halves_both_towers_without_gemm_and_stays_close(fp16_bundle):
+    from onnx import TensorProto
+
+    m = json.loads((fp16_bundle / "manifest.json").read_text())
+    entry = m["variants"]["fp16"]
+    assert sorted(entry) == ["image_encoder", "text_encoder"]
+    for tower, e in entry.items():
+        f = fp16_bundle / e["file"]
+        assert f.name == f"{tower}.fp16.onnx"
+        assert m["files"][f.name] == hashlib.sha256(f.read_bytes()).hexdigest()
+        fp32 = onnx.load(str(BUNDLE / f"{tower}.onnx"))
+        half = onnx.load(str(f))
+        # Weights in float16 (half their bytes; integer tables such as a vocabulary map stay),
+        # the interface unchanged.
+        def float_bytes(model, dtype):
+            return sum(onnx.numpy_helper.to_array(i).nbytes for i in model.graph.initializer
+                       if i.data_type == dtype)
+
+        assert float_bytes(half, TensorProto.FLOAT16) == \
+            pytest.approx(float_bytes(fp32, TensorProto.FLOAT) / 2, rel=0.01)
+        assert float_bytes(half, TensorProto.FLOAT) < 0.01 * float_bytes(fp32, TensorProto.FLOAT)
+        assert e["bytes"] == f.stat().st_size
+        assert [i.type.tensor_type.elem_type for i in half.graph.input] == \
+            [i.type.tensor_type.elem_type for i in fp32.graph.input]
+        assert half.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+        # tract cannot load a float16 Gemm: none is left.
+        assert "Gemm" not in [n.op_type for n in half.graph.node]
+        assert 0.999 <= e["min_cosine_vs_fp32"] <= 1.0
+    held = np.stack(variants.calibration_images(FRAMES, m, held_out=True)).astype(np.float32)
+    cos = np.sum(embed(BUNDLE / "image_encoder.onnx", held)
+                 * embed(fp16_bundle / "image_encoder.fp16.onnx", held), -1)
+    assert cos.min() == pytest.approx(entry["image_encoder"]["min_cosine_vs_fp32"], abs=1e-5)

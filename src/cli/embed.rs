@@ -8,7 +8,9 @@ use clap::Args;
 
 use clipd::bundle::Bundle;
 use clipd::classes::PromptEmbedder;
-use clipd::encoder::{l2_normalize_rows, EncoderOptions, ImageEncoder, TractImageEncoder};
+use clipd::encoder::{
+    l2_normalize_rows, load_image_encoder, Backend, EncoderOptions, ImageEncoder,
+};
 use clipd::npy;
 use clipd::preprocess::{DecodeLimits, Transform};
 
@@ -58,15 +60,22 @@ pub fn embed(args: EmbedArgs) -> Result<ExitCode> {
         .map_or(8, |c| c.config.engine.batch)
         .min(args.images.len())
         .max(1);
-    let mut encoder = TractImageEncoder::load(
+    // Images on the configured backend, as `classify` and `run` encode them (prompts always
+    // go through tract, as the engine's text side does).
+    let backend = cfg
+        .as_ref()
+        .map(|c| c.config.engine.backend(&c.base))
+        .unwrap_or(Backend::Tract);
+    let mut encoder = load_image_encoder(
         &bundle,
         EncoderOptions {
             batch,
             threads,
             lanes: 1,
         },
+        &backend,
     )?;
-    let (out, failed) = embed_images(&args.images, &bundle, &mut encoder, &limits)?;
+    let (out, failed) = embed_images(&args.images, &bundle, encoder.as_mut(), &limits)?;
     if failed > 0 {
         // Rows must line up with the inputs: write nothing rather than a shifted matrix.
         eprintln!(
@@ -83,7 +92,7 @@ pub fn embed(args: EmbedArgs) -> Result<ExitCode> {
 fn embed_images(
     paths: &[PathBuf],
     bundle: &Bundle,
-    encoder: &mut TractImageEncoder,
+    encoder: &mut dyn ImageEncoder,
     limits: &DecodeLimits,
 ) -> Result<(Vec<f32>, usize)> {
     let t = Transform::from_spec(&bundle.manifest.image);

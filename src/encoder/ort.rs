@@ -152,13 +152,19 @@ impl Graph {
         embed_dim: usize,
         opts: EncoderOptions,
         settings: &OrtSettings,
+        float16: bool,
     ) -> Result<Graph, EncoderError> {
         let lib = ensure_library(settings.library.as_deref())?;
         let batch = opts.batch.max(1);
+        let disabled = disabled_optimizers(float16);
         let builder = |path: &Path| -> Result<SessionBuilder, EncoderError> {
             Session::builder()
                 .and_then(|b| b.with_log_level(LogLevel::Warning))
                 .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3))
+                .and_then(|b| match disabled {
+                    Some(list) => b.with_disabled_optimizers(list),
+                    None => Ok(b),
+                })
                 .and_then(|b| b.with_intra_threads(opts.threads.max(1)))
                 // Fixing the batch axis lets ONNX Runtime plan memory once and is required by
                 // providers that compile static graphs (TensorRT, QNN).
@@ -343,6 +349,18 @@ fn dims_str(dims: &[i64]) -> String {
     format!("[{}]", parts.join(", "))
 }
 
+/// The variant name `models/export/variants.py` gives float16 graphs.
+const FLOAT16_VARIANT: &str = "fp16";
+
+/// ONNX Runtime optimizers to leave out for this graph. On x86-64, ONNX Runtime's
+/// `NchwcTransformer` dereferences a null pointer while loading float16 graphs (the
+/// Cast(fp16→fp32) nodes it meets; microsoft/onnxruntime#28392, seen with 1.24–1.32 on
+/// ViT-B-32 in float16): the process dies with SIGSEGV, not an error. It only re-lays out
+/// convolutions, which a ViT has one of, and is inactive on ARM, so it is dropped there only.
+fn disabled_optimizers(float16: bool) -> Option<&'static str> {
+    (float16 && cfg!(target_arch = "x86_64")).then_some("NchwcTransformer")
+}
+
 /// The bundle's image encoder on ONNX Runtime.
 pub struct OrtImageEncoder {
     graph: Graph,
@@ -366,6 +384,7 @@ impl OrtImageEncoder {
             m.embed_dim,
             opts,
             settings,
+            bundle.variant() == Some(FLOAT16_VARIANT),
         )?;
         Ok(OrtImageEncoder { graph, size: s })
     }
@@ -409,6 +428,7 @@ impl OrtTextEncoder {
             m.embed_dim,
             opts,
             settings,
+            bundle.variant() == Some(FLOAT16_VARIANT),
         )?;
         Ok(OrtTextEncoder {
             graph,
