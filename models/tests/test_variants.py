@@ -27,13 +27,18 @@ import variants  # noqa: E402
 from export_openclip import ExportError  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def qdq_bundle(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("bundle")
+def bundle_with(tmp_path_factory, variant: str) -> Path:
+    """A copy of the shipped bundle with `variant` written into it (calibrated on FRAMES)."""
+    out = tmp_path_factory.mktemp(f"bundle-{variant}")
     for f in BUNDLE.iterdir():
         shutil.copy(f, out / f.name)
-    variants.write_variants(out, ["qdq"], log=lambda *_: None, calibration=FRAMES)
+    variants.write_variants(out, [variant], log=lambda *_: None, calibration=FRAMES)
     return out
+
+
+@pytest.fixture(scope="module")
+def qdq_bundle(tmp_path_factory) -> Path:
+    return bundle_with(tmp_path_factory, "qdq")
 
 
 def embed(path: Path, x: np.ndarray) -> np.ndarray:
@@ -147,11 +152,7 @@ def test_gemm_as_matmul_computes_what_gemm_does(trans_a, trans_b, alpha, beta, b
 
 @pytest.fixture(scope="module")
 def fp16_bundle(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("bundle16")
-    for f in BUNDLE.iterdir():
-        shutil.copy(f, out / f.name)
-    variants.write_variants(out, ["fp16"], log=lambda *_: None, calibration=FRAMES)
-    return out
+    return bundle_with(tmp_path_factory, "fp16")
 
 
 def test_fp16_halves_both_towers_without_gemm_and_stays_close(fp16_bundle):
