@@ -59,8 +59,11 @@ pub enum BundleError {
     },
 }
 
+/// The name `models/export/variants.py` gives its float16 variant.
+const FLOAT16_VARIANT: &str = "fp16";
+
 /// The variants `models/export/variants.py` makes.
-const MADE_BY_VARIANTS_PY: [&str; 3] = ["int8", "qdq", "fp16"];
+const MADE_BY_VARIANTS_PY: [&str; 3] = ["int8", "qdq", FLOAT16_VARIANT];
 
 /// How to add variant `name` to the bundle in `dir`: the exporter's command when it makes that
 /// variant, else the names it does make.
@@ -342,6 +345,12 @@ impl Bundle {
     /// The selected variant's name; `None`: the fp32 originals.
     pub fn variant(&self) -> Option<&str> {
         self.variant.as_deref()
+    }
+
+    /// Whether the selected variant is the exporter's float16 one (runtimes treat its graphs
+    /// differently: see the ort backend).
+    pub fn is_float16(&self) -> bool {
+        self.variant() == Some(FLOAT16_VARIANT)
     }
 
     /// The variant called `name`, or a typed error naming the variants the bundle has.

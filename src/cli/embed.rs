@@ -8,9 +8,7 @@ use clap::Args;
 
 use clipd::bundle::Bundle;
 use clipd::classes::PromptEmbedder;
-use clipd::encoder::{
-    l2_normalize_rows, load_image_encoder, Backend, EncoderOptions, ImageEncoder,
-};
+use clipd::encoder::{l2_normalize_rows, load_image_encoder, EncoderOptions, ImageEncoder};
 use clipd::npy;
 use clipd::preprocess::{DecodeLimits, Transform};
 
@@ -65,7 +63,7 @@ pub fn embed(args: EmbedArgs) -> Result<ExitCode> {
     let backend = cfg
         .as_ref()
         .map(|c| c.config.engine.backend(&c.base))
-        .unwrap_or(Backend::Tract);
+        .unwrap_or_default();
     let mut encoder = load_image_encoder(
         &bundle,
         EncoderOptions {

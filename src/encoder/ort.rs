@@ -349,9 +349,6 @@ fn dims_str(dims: &[i64]) -> String {
     format!("[{}]", parts.join(", "))
 }
 
-/// The variant name `models/export/variants.py` gives float16 graphs.
-const FLOAT16_VARIANT: &str = "fp16";
-
 /// ONNX Runtime optimizers to leave out for this graph. On x86-64, ONNX Runtime's
 /// `NchwcTransformer` dereferences a null pointer while loading float16 graphs (the
 /// Cast(fp16→fp32) nodes it meets; microsoft/onnxruntime#28392, seen with 1.24–1.32 on
@@ -384,7 +381,7 @@ impl OrtImageEncoder {
             m.embed_dim,
             opts,
             settings,
-            bundle.variant() == Some(FLOAT16_VARIANT),
+            bundle.is_float16(),
         )?;
         Ok(OrtImageEncoder { graph, size: s })
     }
@@ -428,7 +425,7 @@ impl OrtTextEncoder {
             m.embed_dim,
             opts,
             settings,
-            bundle.variant() == Some(FLOAT16_VARIANT),
+            bundle.is_float16(),
         )?;
         Ok(OrtTextEncoder {
             graph,
