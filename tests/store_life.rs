@@ -458,8 +458,10 @@ fn a_full_database_is_survived_by_the_writer_thread() {
     for i in 1..=total {
         tx.send(WriteOp::Frame(heavy(i, now - 10_000 + i))).unwrap();
     }
-    wait_until("every frame committed", || {
-        progress.rows_committed() == total as u64
+    // The count and the failing flag are separate atomics: the flag clears
+    // just after the last held chunk is counted, so wait for both.
+    wait_until("every frame committed and writing recovered", || {
+        progress.rows_committed() == total as u64 && !progress.is_failing()
     });
     let p = progress.snapshot();
     assert!(p.commit_errors > 0, "the cap was hit: {p:?}");
