@@ -817,7 +817,14 @@ mod tests {
         assert_eq!(wait_for_rows(&path, 20), 20);
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(wait_for_rows(&path, 20), 20, "5 rows still pending");
-        let p = progress.snapshot();
+        // The counters follow the commit a moment later: poll them too.
+        let start = Instant::now();
+        let mut p = progress.snapshot();
+        while (p.rows_committed, p.pending) != (20, 5) && start.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+            p = progress.snapshot();
+        }
         assert_eq!((p.rows_committed, p.commits, p.pending), (20, 2, 5));
         assert_eq!(p.last_committed_id, 20, "SQLite numbered the rows 1..");
         assert!(p.db_bytes > 0 && !p.failing && !p.stopped, "{p:?}");
