@@ -72,7 +72,11 @@ impl From<FrameRecord> for WriteOp {
 /// Live counters of a writer thread, shared with whoever holds an
 /// `Arc<WriterProgress>` (the daemon's status file, tests). Every field is
 /// an atomic updated by the writer alone: reading is free and never waits
-/// for a commit.
+/// for a commit. Updates are release stores and reads acquire loads, so a
+/// reader that sees a counter move also sees everything the writer did
+/// before it (with relaxed ordering an ARM core may show a later update
+/// before an earlier one). Fields are read one at a time: a snapshot taken
+/// while the writer is busy may mix moments.
 #[derive(Debug, Default)]
 pub struct WriterProgress {
     rows_committed: AtomicU64,
@@ -118,10 +122,10 @@ pub struct ProgressSnapshot {
 
 impl WriterProgress {
     pub fn snapshot(&self) -> ProgressSnapshot {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let get = |a: &AtomicU64| a.load(Ordering::Acquire);
         ProgressSnapshot {
             rows_committed: get(&self.rows_committed),
-            last_committed_id: self.last_committed_id.load(Ordering::Relaxed),
+            last_committed_id: self.last_committed_id.load(Ordering::Acquire),
             commits: get(&self.commits),
             pending: get(&self.pending),
             dropped: get(&self.dropped),
@@ -129,25 +133,25 @@ impl WriterProgress {
             commit_errors: get(&self.commit_errors),
             pruned_rows: get(&self.pruned_rows),
             db_bytes: get(&self.db_bytes),
-            failing: self.failing.load(Ordering::Relaxed),
-            stopped: self.stopped.load(Ordering::Relaxed),
+            failing: self.failing.load(Ordering::Acquire),
+            stopped: self.stopped.load(Ordering::Acquire),
         }
     }
 
     pub fn rows_committed(&self) -> u64 {
-        self.rows_committed.load(Ordering::Relaxed)
+        self.rows_committed.load(Ordering::Acquire)
     }
 
     pub fn last_committed_id(&self) -> i64 {
-        self.last_committed_id.load(Ordering::Relaxed)
+        self.last_committed_id.load(Ordering::Acquire)
     }
 
     pub fn is_failing(&self) -> bool {
-        self.failing.load(Ordering::Relaxed)
+        self.failing.load(Ordering::Acquire)
     }
 
     fn add(a: &AtomicU64, n: u64) {
-        a.fetch_add(n, Ordering::Relaxed);
+        a.fetch_add(n, Ordering::Release);
     }
 }
 
@@ -328,7 +332,7 @@ impl BatchWriter {
             .is_enabled()
             .then(|| Pruner::new(opts.retention));
         if let Ok(bytes) = store.db_bytes() {
-            progress.db_bytes.store(bytes, Ordering::Relaxed);
+            progress.db_bytes.store(bytes, Ordering::Release);
         }
         BatchWriter {
             pending: VecDeque::with_capacity(opts.batch_rows.max(1)),
@@ -426,7 +430,7 @@ impl BatchWriter {
     fn publish_pending(&self) {
         self.progress
             .pending
-            .store(self.pending.len() as u64, Ordering::Relaxed);
+            .store(self.pending.len() as u64, Ordering::Release);
     }
 
     /// Counts `n` frames as lost; the first loss of a failing episode is
@@ -511,7 +515,7 @@ impl BatchWriter {
         self.deadline = None;
         self.publish_pending();
         if let Some(f) = self.failing.take() {
-            self.progress.failing.store(false, Ordering::Relaxed);
+            self.progress.failing.store(false, Ordering::Release);
             log::info!(
                 "database {}: writing again after {:.0} s and {} failed attempts; held frames committed ({} dropped in all)",
                 self.store.path().display(),
@@ -587,9 +591,9 @@ impl BatchWriter {
         let p = &self.progress;
         WriterProgress::add(&p.rows_committed, n);
         WriterProgress::add(&p.commits, 1);
-        p.last_committed_id.fetch_max(max_id, Ordering::Relaxed);
+        p.last_committed_id.fetch_max(max_id, Ordering::Release);
         if let Ok(bytes) = self.store.db_bytes() {
-            p.db_bytes.store(bytes, Ordering::Relaxed);
+            p.db_bytes.store(bytes, Ordering::Release);
         }
         if let Some(pruner) = &mut self.pruner {
             pruner.note_inserted(n);
@@ -626,7 +630,7 @@ impl BatchWriter {
                     ),
                     _ => log::error!("{e}; holding {n} frames, retrying"),
                 }
-                self.progress.failing.store(true, Ordering::Relaxed);
+                self.progress.failing.store(true, Ordering::Release);
                 self.failing = Some(Failing {
                     since: now,
                     attempts: 1,
@@ -681,7 +685,7 @@ impl BatchWriter {
         WriterProgress::add(&self.progress.pruned_rows, report.frames());
         self.progress
             .db_bytes
-            .store(report.db_bytes, Ordering::Relaxed);
+            .store(report.db_bytes, Ordering::Release);
         if report.frames() > 0 || report.pages_released > 0 {
             log::debug!(
                 "database {}: retention deleted {} frames ({} by age, {} by count, {} by size), \
@@ -752,7 +756,7 @@ impl BatchWriter {
                 self.summary.record_error(e);
             }
         }
-        self.progress.stopped.store(true, Ordering::Relaxed);
+        self.progress.stopped.store(true, Ordering::Release);
         log::debug!("database {}: {}", self.store.path().display(), self.summary);
         self.summary
     }
@@ -817,14 +821,17 @@ mod tests {
         assert_eq!(wait_for_rows(&path, 20), 20);
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(wait_for_rows(&path, 20), 20, "5 rows still pending");
-        // The counters follow the commit a moment later: poll them too.
+        // The counters follow the commit a moment later and are read one
+        // by one: poll until all of them have caught up, then read them
+        // again from the idle writer.
+        let settled = |p: &ProgressSnapshot| {
+            (p.rows_committed, p.commits, p.pending, p.last_committed_id) == (20, 2, 5, 20)
+        };
         let start = Instant::now();
-        let mut p = progress.snapshot();
-        while (p.rows_committed, p.pending) != (20, 5) && start.elapsed() < Duration::from_secs(10)
-        {
+        while !settled(&progress.snapshot()) && start.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(10));
-            p = progress.snapshot();
         }
+        let p = progress.snapshot();
         assert_eq!((p.rows_committed, p.commits, p.pending), (20, 2, 5));
         assert_eq!(p.last_committed_id, 20, "SQLite numbered the rows 1..");
         assert!(p.db_bytes > 0 && !p.failing && !p.stopped, "{p:?}");
