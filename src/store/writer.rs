@@ -788,16 +788,19 @@ mod tests {
 
     /// Rows visible to a separate read-only connection, polled until `want`
     /// or a few seconds pass (thread scheduling on a loaded machine).
-    fn wait_for_rows(path: &Path, want: usize) -> usize {
-        let reader = Store::open_read_only(path).unwrap();
+    /// Polls `done` every 10 ms for up to 10 s; the caller asserts after.
+    fn poll_until(mut done: impl FnMut() -> bool) {
         let start = Instant::now();
-        loop {
-            let n = reader.query_frames(&FrameFilter::default()).unwrap().len();
-            if n >= want || start.elapsed() > Duration::from_secs(10) {
-                return n;
-            }
+        while !done() && start.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    fn wait_for_rows(path: &Path, want: usize) -> usize {
+        let reader = Store::open_read_only(path).unwrap();
+        let count = || reader.query_frames(&FrameFilter::default()).unwrap().len();
+        poll_until(|| count() >= want);
+        count()
     }
 
     fn big(i: i64) -> FrameRecord {
@@ -827,10 +830,7 @@ mod tests {
         let settled = |p: &ProgressSnapshot| {
             (p.rows_committed, p.commits, p.pending, p.last_committed_id) == (20, 2, 5, 20)
         };
-        let start = Instant::now();
-        while !settled(&progress.snapshot()) && start.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        poll_until(|| settled(&progress.snapshot()));
         let p = progress.snapshot();
         assert_eq!((p.rows_committed, p.commits, p.pending), (20, 2, 5));
         assert_eq!(p.last_committed_id, 20, "SQLite numbered the rows 1..");
