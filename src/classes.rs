@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 
 use crate::bundle::Bundle;
-use crate::config::{ClassConfig, PromptConfig};
 use crate::encoder::{encode_texts, l2_normalize_rows, EncoderOptions, TractTextEncoder};
 use crate::head::{ensemble, HeadError, ZeroShotHead};
 use crate::tokenizer::{ClipTokenizer, TokenizerError};
@@ -27,21 +26,6 @@ pub struct ClassSpec {
     pub domain: Option<String>,
     pub prompts: Vec<String>,
     pub aliases: Vec<String>,
-}
-
-impl ClassSpec {
-    /// The classes of a config with their resolved prompts.
-    pub fn from_config(classes: &[ClassConfig], prompts: &PromptConfig) -> Vec<ClassSpec> {
-        classes
-            .iter()
-            .map(|c| ClassSpec {
-                name: c.name.trim().to_string(),
-                domain: c.domain.clone(),
-                prompts: c.prompts(prompts),
-                aliases: c.aliases.clone(),
-            })
-            .collect()
-    }
 }
 
 /// Every distinct prompt of `classes`, in first-seen order.

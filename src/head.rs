@@ -26,6 +26,37 @@ pub fn domain_templates(domain: Option<&str>) -> Vec<String> {
     }
 }
 
+/// Why `template` is not a prompt template: it must name the class (`{}` or `{name}`) and use
+/// no placeholder but `{}`, `{name}` and `{domain}`; a typo such as `{nmae}` would otherwise
+/// be embedded literally.
+pub fn check_template(template: &str) -> Result<(), String> {
+    let mut rest = template;
+    let mut names_class = false;
+    while let Some(open) = rest.find('{') {
+        let Some(len) = rest[open..].find('}') else {
+            return Err(format!("{template:?} has an unclosed '{{'"));
+        };
+        let placeholder = &rest[open..open + len + 1];
+        match placeholder {
+            "{}" | "{name}" => names_class = true,
+            "{domain}" => {}
+            other => {
+                return Err(format!(
+                    "{template:?}: unknown placeholder {other} (use {{}} or {{name}} for the class name, {{domain}} for its domain)"
+                ))
+            }
+        }
+        rest = &rest[open + len + 1..];
+    }
+    if names_class {
+        Ok(())
+    } else {
+        Err(format!(
+            "{template:?} does not name the class: put {{}} (or {{name}}) where the class name goes"
+        ))
+    }
+}
+
 /// Fill a template: `{}` and `{name}` become the class name, `{domain}` its domain.
 pub fn fill_template(template: &str, name: &str, domain: Option<&str>) -> String {
     template

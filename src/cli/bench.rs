@@ -7,27 +7,25 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
 
 use clipd::bundle::Bundle;
-use clipd::classes::ClassSpec;
-use clipd::config::EngineConfig;
+use clipd::config::{EngineConfig, ModelOverrides};
 use clipd::encoder::{
     load_image_encoder, Backend, BackendKind, EncoderOptions, ImageEncoder, TractImageEncoder,
     TractStock,
 };
 use clipd::engine::Engine;
 use clipd::head::Classifier;
-use clipd::pipeline::{self, PipelineOptions};
+use clipd::pipeline::{self, PipelineOptions, SinkError};
 use clipd::preprocess::Transform;
 use clipd::source::{self, FrameSource, Next, Payload};
 use clipd::store::{BatchWriter, Store, StoreOptions, WriteOp};
 
-use super::run::to_record;
-use super::{adapter_path, bundle_dir, demo_config, load_config, AdapterArg, UsageError};
+use super::{bundle_dir, demo_config, load_config, AdapterArg, UsageError};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -223,8 +221,8 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
 
     // The frames: every file the sources list now.
     let mut files = Vec::new();
-    for (i, s) in c.sources.iter().enumerate() {
-        let mut src = source::open(i, s, &cfg.base, true)?;
+    for spec in cfg.source_specs() {
+        let mut src = source::open(&spec, true)?;
         while let Next::Frame(f) = src.next()? {
             if let Payload::File(p) = f.payload {
                 files.push(p);
@@ -245,20 +243,19 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
     let engine = if args.encoder_only && !args.transduct {
         None
     } else {
-        let classes = ClassSpec::from_config(&c.classes, &c.prompts);
-        let adapter = adapter_path(args.adapter.adapter.as_deref(), Some(&cfg));
-        Some(Engine::load(
-            &Backend::Tract,
-            variant,
-            &bundle_path,
-            classes,
-            EncoderOptions {
-                batch: 1,
-                threads,
-                lanes: 1,
+        Some(Engine::from_config(
+            &cfg,
+            &ModelOverrides {
+                bundle: Some(bundle_path.clone()),
+                adapter: args.adapter.adapter.clone(),
+                threads: Some(threads),
+                batch: Some(1),
+                lanes: Some(1),
+                backend: Some(Backend::Tract),
+                variant: variant.map(str::to_string),
+                no_text_cache: true,
+                ..Default::default()
             },
-            None,
-            adapter.as_deref(),
         )?)
     };
     let bundle = match &engine {
@@ -508,13 +505,9 @@ fn time_pipeline(
         None,
         sink,
         PipelineOptions {
-            decode_threads: c.engine.decode_threads,
-            queue: c.engine.queue,
-            batch_timeout: Duration::from_millis(c.engine.batch_timeout_ms),
-            top_k: c.top_k,
-            limits: c.decode,
             keep_embeddings: false,
-            ..Default::default()
+            policies: Vec::new(),
+            ..PipelineOptions::from_config(c)
         },
         Arc::new(AtomicBool::new(false)),
     )?;
@@ -620,14 +613,14 @@ struct BenchSink {
 }
 
 impl pipeline::Sink for BenchSink {
-    fn accept(&mut self, r: pipeline::FrameResult) -> Result<(), String> {
+    fn accept(&mut self, r: pipeline::FrameResult) -> Result<(), SinkError> {
         let id = r.seq as i64 + 1;
-        let mut rec = to_record(r, &self.model_id);
+        let mut rec = r.into_record(&self.model_id);
         rec.id = Some(id);
         rec.embedding = None;
         rec.adapter_id = self.adapter_id.clone();
         self.tx
             .send(WriteOp::Frame(rec))
-            .map_err(|_| "the database writer stopped".to_string())
+            .map_err(|_| SinkError::WriterStopped)
     }
 }

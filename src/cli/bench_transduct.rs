@@ -17,7 +17,7 @@ use clipd::adapter::linalg::{normalize_rows, Mat};
 use clipd::encoder::{EncoderOptions, TractImageEncoder};
 use clipd::engine::Engine;
 use clipd::head::{Classifier, ZeroShotHead};
-use clipd::pipeline::{self, FrameResult, PipelineOptions};
+use clipd::pipeline::{self, FrameResult, PipelineOptions, SinkError};
 use clipd::preprocess::Transform;
 use clipd::refiner::{
     refine, BufferedFrame, RefineConfig, RefineContext, RefinerHandle, RefinerStats,
@@ -26,8 +26,6 @@ use clipd::rng::Rng;
 use clipd::source::{self, Frame, FrameSource, Next, Payload, SourceError};
 use clipd::store::{BatchWriter, Store, StoreOptions, WriteOp};
 use clipd::transduct::{Method, Params, Preset};
-
-use super::run::to_record;
 
 /// A buffer of `n` frames around `k` class centres in `d` dimensions, with text embeddings
 /// near (not at) the centres, like CLIP features.
@@ -165,7 +163,7 @@ pub mod latency {
     /// (`--refine-set threads=1`).
     pub fn refine_config(every_frames: usize, set: &[String]) -> RefineConfig {
         RefineConfig {
-            method: "transclip".into(),
+            method: Method::TransClip,
             every_frames,
             buffer: 1024,
             set: set.to_vec(),
@@ -236,7 +234,7 @@ pub mod latency {
     }
 
     impl pipeline::Sink for LatencySink {
-        fn accept(&mut self, r: FrameResult) -> Result<(), String> {
+        fn accept(&mut self, r: FrameResult) -> Result<(), SinkError> {
             let latency = match &self.due {
                 None => r.latency_us,
                 Some(due) => due
@@ -253,13 +251,13 @@ pub mod latency {
             if let Some((refiner, classes)) = &self.refiner {
                 refiner.push_result(id, &r, classes);
             }
-            let mut rec = to_record(r, &self.model_id);
+            let mut rec = r.into_record(&self.model_id);
             rec.id = Some(id);
             rec.embedding = None;
             rec.adapter_id = self.adapter_id.clone();
             self.tx
                 .send(WriteOp::Frame(rec))
-                .map_err(|_| "the database writer stopped".to_string())
+                .map_err(|_| SinkError::WriterStopped)
         }
     }
 
@@ -348,15 +346,12 @@ pub mod latency {
             None,
             sink,
             PipelineOptions {
-                decode_threads: c.engine.decode_threads,
                 // A short queue: saturated latency is measured from decode, so a long queue would
                 // only measure waiting in it.
                 queue: 2,
-                batch_timeout: Duration::from_millis(c.engine.batch_timeout_ms),
-                top_k: c.top_k,
-                limits: c.decode,
                 keep_embeddings: with_refiner,
-                ..Default::default()
+                policies: Vec::new(),
+                ..PipelineOptions::from_config(c)
             },
             Arc::new(AtomicBool::new(false)),
         )?;

@@ -5,24 +5,19 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
-use clipd::classes::ClassSpec;
-use clipd::config::LabelsFrom;
-use clipd::encoder::EncoderOptions;
+use clipd::config::{LabelsFrom, ModelOverrides};
 use clipd::engine::Engine;
 use clipd::pipeline::{self, PipelineOptions, VecSink};
 use clipd::preprocess::Transform;
 use clipd::source::FileListSource;
 use clipd::store::{csv_field, is_broken_pipe};
 
-use super::{
-    adapter_path, bundle_dir, load_config, AdapterArg, ModelArgs, UsageError, SOME_FAILED,
-};
+use super::{load_config, AdapterArg, ModelArgs, UsageError, SOME_FAILED};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
@@ -74,36 +69,21 @@ pub fn classify(args: ClassifyArgs) -> Result<ExitCode> {
     if top_k == 0 {
         return Err(UsageError("--top-k must be at least 1".into()).into());
     }
-    let bundle = bundle_dir(args.model.bundle.as_deref(), Some(&cfg));
-    let batch = c.engine.batch.min(args.images.len()).max(1);
-    let opts = EncoderOptions {
-        batch,
-        threads: args.model.threads.unwrap_or(c.engine.threads),
-        lanes: c.engine.lanes,
-    };
-    let classes = ClassSpec::from_config(&c.classes, &c.prompts);
     // Reuse the daemon's text-embedding cache when there is one; never create a database here.
-    let db = cfg.resolve(&c.store.path);
-    let adapter = adapter_path(args.adapter.adapter.as_deref(), Some(&cfg));
-    let engine = Engine::load(
-        &c.engine.backend(&cfg.base),
-        c.engine.variant.as_deref(),
-        &bundle,
-        classes,
-        opts,
-        Some(&db),
-        adapter.as_deref(),
+    let engine = Engine::from_config(
+        &cfg,
+        &ModelOverrides {
+            batch: Some(c.engine.batch.min(args.images.len()).max(1)),
+            ..args.model.overrides(Some(&args.adapter))
+        },
     )?;
     let classifier = engine.classifier();
     let source = FileListSource::new("classify".into(), args.images.clone(), LabelsFrom::None);
     let popts = PipelineOptions {
-        decode_threads: c.engine.decode_threads,
-        queue: c.engine.queue,
-        batch_timeout: Duration::from_millis(c.engine.batch_timeout_ms),
         top_k,
-        limits: c.decode,
         keep_embeddings: false,
-        ..Default::default()
+        policies: Vec::new(),
+        ..PipelineOptions::from_config(c)
     };
     let (_, sink) = pipeline::run(
         vec![Box::new(source)],

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 
 use clipd::adapter::file::Adapter;
@@ -223,7 +223,7 @@ fn check_bundle(dir: &Path, variant: Option<&str>) -> Result<(Bundle, String)> {
 fn check_adapter(path: &Path, bundle: &Bundle, config: Option<&Loaded>) -> Result<String> {
     let a = Adapter::load(path)?;
     let classes = match config {
-        Some(l) => ClassSpec::from_config(&l.config.classes, &l.config.prompts),
+        Some(l) => l.config.class_specs(),
         // Without a config only the bundle can be checked: compare the adapter with itself.
         None => a
             .meta
@@ -266,16 +266,8 @@ fn check_database(path: &Path, allow_network_fs: bool) -> Result<String> {
             path.display()
         ));
     }
-    let conn = rusqlite::Connection::open_with_flags(
-        path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .with_context(|| format!("cannot open database {}", path.display()))
-    .map_err(as_io)?;
-    let version: u32 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|e| anyhow::anyhow!("database {} is not a SQLite database ({e})", path.display()))
-        .map_err(as_io)?;
+    let report = clipd::store::quick_check(path).map_err(|e| as_io(e.into()))?;
+    let version = report.schema_version;
     if version > SCHEMA_VERSION {
         return Err(as_io(anyhow::anyhow!(
             "database {} has schema {version}, newer than this clipd's {SCHEMA_VERSION}: \
@@ -283,19 +275,11 @@ fn check_database(path: &Path, allow_network_fs: bool) -> Result<String> {
             path.display()
         )));
     }
-    let problems: Vec<String> = conn
-        .prepare("PRAGMA quick_check")
-        .and_then(|mut st| {
-            st.query_map([], |r| r.get::<_, String>(0))?
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .with_context(|| format!("database {}: quick_check could not run", path.display()))
-        .map_err(as_io)?;
-    if problems != ["ok"] {
+    if !report.is_ok() {
         return Err(as_io(anyhow::anyhow!(
             "database {} is damaged: quick_check: {}",
             path.display(),
-            problems.join("; ")
+            report.problems.join("; ")
         )));
     }
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
@@ -406,7 +390,7 @@ mod cameras {
                 continue;
             };
             match &listing.modes {
-                Ok(modes) => match camera::negotiate(modes, &Want::from_config(s)) {
+                Ok(modes) => match camera::negotiate(modes, &Want::from_spec(&s.camera_spec())) {
                     Some(m) => {
                         return Status::Ok(format!(
                             "{key} {label:?}: {} would run {}",

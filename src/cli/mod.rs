@@ -21,19 +21,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
-use clipd::adapter::file::AdapterError;
-use clipd::adapter::support::SupportError;
-use clipd::adapter::train::TrainError;
-use clipd::bundle::BundleError;
-use clipd::classes::ClassesError;
-use clipd::config::{self, ConfigError, Loaded};
-use clipd::encoder::EncoderError;
-use clipd::engine::EngineError;
-use clipd::npy::NpyError;
-use clipd::pipeline::PipelineError;
-use clipd::source::SourceError;
-use clipd::store::{StoreError, TimeSpecError};
-use clipd::tokenizer::TokenizerError;
+use clipd::config::{self, Loaded, ModelOverrides};
+use clipd::error::ExitClass;
 
 const EXIT_CODES: &str = "\
 Exit status:
@@ -181,55 +170,13 @@ pub fn one_line(e: &anyhow::Error) -> String {
         .join("; ")
 }
 
-/// Map an error to the documented exit status.
+/// Map an error to the documented exit status: the first error in the chain that knows its
+/// class decides (every library error type does; see `clipd::error`).
 pub fn exit_code(e: &anyhow::Error) -> ExitCode {
-    for cause in e.chain() {
-        let adapter = cause
-            .downcast_ref::<AdapterError>()
-            .or(match cause.downcast_ref() {
-                Some(EngineError::Adapter(a)) => Some(a),
-                _ => None,
-            });
-        let code = if let Some(a) = adapter {
-            match a {
-                AdapterError::Io { .. } => 4,
-                AdapterError::Classes { .. } => 2,
-                _ => 3,
-            }
-        } else if let Some(s) = cause.downcast_ref::<SupportError>() {
-            match s {
-                SupportError::Io { .. } => 4,
-                SupportError::Encoder(_) => 3,
-                _ => 2,
-            }
-        } else if cause.is::<UsageError>()
-            || cause.is::<TrainError>()
-            || cause.is::<clipd::transduct::TransductError>()
-            || cause.is::<ConfigError>()
-            || cause.is::<TimeSpecError>()
-            || matches!(cause.downcast_ref(), Some(SourceError::Setup { .. }))
-        {
-            2
-        } else if cause.is::<BundleError>()
-            || cause.is::<EncoderError>()
-            || cause.is::<TokenizerError>()
-            || cause.is::<ClassesError>()
-            || cause.is::<EngineError>()
-        {
-            3
-        } else if cause.is::<StoreError>()
-            || cause.is::<NpyError>()
-            || cause.is::<std::io::Error>()
-            || cause.is::<PipelineError>()
-            || cause.is::<SourceError>()
-        {
-            4
-        } else {
-            continue;
-        };
-        return ExitCode::from(code);
+    if e.chain().any(|c| c.is::<UsageError>()) {
+        return ExitCode::from(ExitClass::Usage.code());
     }
-    ExitCode::from(4)
+    ExitCode::from(clipd::error::class_of_chain(e.chain()).code())
 }
 
 /// The built-in demo configuration and the directory its relative paths resolve against.
@@ -259,23 +206,32 @@ pub fn load_config(path: Option<&Path>) -> Result<Option<Loaded>> {
     }
 }
 
-/// `--adapter`, else the config's adapter, else none (zero-shot).
-pub fn adapter_path(arg: Option<&Path>, cfg: Option<&Loaded>) -> Option<PathBuf> {
-    if let Some(a) = arg {
-        return Some(a.to_path_buf());
-    }
-    cfg.and_then(|l| l.config.adapter.as_ref().map(|a| l.resolve(a)))
-}
-
-/// `--bundle`, else the config's bundle, else `models/tiny-clip`.
-pub fn bundle_dir(arg: Option<&Path>, cfg: Option<&Loaded>) -> PathBuf {
-    if let Some(b) = arg {
-        return b.to_path_buf();
-    }
-    if let Some(l) = cfg {
-        if let Some(b) = &l.config.bundle {
-            return l.resolve(b);
+impl ModelArgs {
+    /// What these options set over the config when the model loads.
+    pub fn overrides(&self, adapter: Option<&AdapterArg>) -> ModelOverrides {
+        ModelOverrides {
+            bundle: self.bundle.clone(),
+            adapter: adapter.and_then(|a| a.adapter.clone()),
+            threads: self.threads,
+            ..Default::default()
         }
     }
-    PathBuf::from("models/tiny-clip")
+}
+
+/// `--adapter`, else the config's adapter, else none (zero-shot).
+pub fn adapter_path(arg: Option<&Path>, cfg: Option<&Loaded>) -> Option<PathBuf> {
+    ModelOverrides {
+        adapter: arg.map(Path::to_path_buf),
+        ..Default::default()
+    }
+    .adapter_path(cfg)
+}
+
+/// `--bundle`, else the config's bundle, else the shipped one.
+pub fn bundle_dir(arg: Option<&Path>, cfg: Option<&Loaded>) -> PathBuf {
+    ModelOverrides {
+        bundle: arg.map(Path::to_path_buf),
+        ..Default::default()
+    }
+    .bundle_dir(cfg)
 }

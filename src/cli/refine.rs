@@ -10,14 +10,15 @@ use std::sync::Arc;
 use anyhow::Result;
 use clap::Args;
 
-use clipd::classes::ClassSpec;
-use clipd::encoder::{Backend, EncoderOptions};
+use clipd::config::ModelOverrides;
+use clipd::encoder::Backend;
 use clipd::engine::Engine;
 use clipd::head::Classifier;
 use clipd::refiner::{refine, BufferedFrame, RefineConfig, RefineContext};
 use clipd::store::{now_ms, parse_time_spec, RefinementRecord, Store, StoreOptions};
+use clipd::transduct::{Method, Preset};
 
-use super::{adapter_path, bundle_dir, load_config, AdapterArg, ModelArgs, UsageError};
+use super::{load_config, AdapterArg, ModelArgs, UsageError};
 
 #[derive(Debug, Args)]
 pub struct RefineArgs {
@@ -39,10 +40,10 @@ pub struct RefineArgs {
     source: Option<String>,
     /// em-dirichlet, hard-em-dirichlet or transclip [default: the config's refine.method].
     #[arg(long)]
-    method: Option<String>,
+    method: Option<Method>,
     /// default or reference [default: the config's refine.preset].
     #[arg(long)]
-    preset: Option<String>,
+    preset: Option<Preset>,
     /// Parameter override `key=value`; repeatable (added after the config's).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -61,30 +62,23 @@ pub fn refine_history(args: RefineArgs) -> Result<ExitCode> {
     };
     let c = &cfg.config;
     let mut rc: RefineConfig = c.refine.clone().unwrap_or_default();
-    if let Some(m) = &args.method {
-        rc.method = m.clone();
+    if let Some(m) = args.method {
+        rc.method = m;
     }
-    if let Some(p) = &args.preset {
-        rc.preset = p.clone();
+    if let Some(p) = args.preset {
+        rc.preset = p;
     }
     rc.set.extend(args.set.iter().cloned());
     let window = args.window.unwrap_or(rc.buffer).max(1);
-    let db = args
-        .db
-        .clone()
-        .unwrap_or_else(|| cfg.resolve(&c.store.path));
-    let bundle = bundle_dir(args.model.bundle.as_deref(), Some(&cfg));
-    let adapter = adapter_path(args.adapter.adapter.as_deref(), Some(&cfg));
-    let classes = ClassSpec::from_config(&c.classes, &c.prompts);
-    let engine = Engine::load(
-        &Backend::Tract,
-        c.engine.variant.as_deref(),
-        &bundle,
-        classes,
-        EncoderOptions::default(),
-        Some(&db),
-        adapter.as_deref(),
-    )?;
+    let ov = ModelOverrides {
+        db: args.db.clone(),
+        backend: Some(Backend::Tract),
+        batch: Some(1),
+        threads: args.model.threads.or(Some(1)),
+        ..args.model.overrides(Some(&args.adapter))
+    };
+    let db = ov.db_path(&cfg);
+    let engine = Engine::from_config(&cfg, &ov)?;
     let few_shot = engine.adapter.as_ref().is_some_and(|a| a.support.is_some());
     let params = RefineContext::params(&rc, engine.classes.len(), few_shot)
         .map_err(|e| UsageError(format!("refine: {e}")))?;

@@ -9,14 +9,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, ValueEnum};
-use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
 use clipd::config::{self, Loaded};
 use clipd::daemon::status::{default_status_path, process_alive, StatusReport};
-use clipd::store::{format_ts_ms, is_broken_pipe, now_ms, FrameFilter, Store};
+use clipd::store::{format_ts_ms, is_broken_pipe, now_ms, on_disk_bytes, HistorySnapshot, Store};
 
 /// Where a deployed daemon's configuration lives (see systemd/clipd.service).
 const SYSTEM_CONFIG: &str = "/etc/clipd/clipd.toml";
@@ -67,22 +66,8 @@ struct DbSnapshot {
     path: PathBuf,
     /// Database file plus WAL, in bytes.
     bytes: u64,
-    frames: u64,
-    errors: u64,
-    last_ts_ms: Option<i64>,
-    sources: Vec<DbSource>,
-    refinements: u64,
-    last_refinement_ts_ms: Option<i64>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-struct DbSource {
-    name: String,
-    frames: u64,
-    last_label: Option<String>,
-    last_score: Option<f32>,
-    last_ts_ms: Option<i64>,
-    state: Option<String>,
+    #[serde(flatten)]
+    history: HistorySnapshot,
 }
 
 /// The whole answer, printed as text or JSON.
@@ -203,95 +188,12 @@ fn config_for_status(arg: Option<&Path>) -> Result<Option<Loaded>> {
 /// Reads what the database knows: size, frame count, the last frame and state of each source,
 /// refinement runs. Opened read-only (WAL: never blocks the writer).
 fn db_snapshot(path: &Path) -> Result<DbSnapshot> {
-    // Store checks the file exists and carries a schema this build understands.
     let store = Store::open_read_only(path)?;
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .with_context(|| format!("database {}: opening read-only", path.display()))?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .with_context(|| format!("database {}: setting the busy timeout", path.display()))?;
-    let ctx = |what: &str| format!("database {}: {what}", path.display());
-    let count = |n: i64| u64::try_from(n).unwrap_or(0);
-
-    let (frames, errors, last_ts_ms): (i64, i64, Option<i64>) = conn
-        .query_row(
-            "SELECT COUNT(*), (SELECT COUNT(*) FROM frames WHERE error IS NOT NULL), \
-             (SELECT MAX(ts_ms) FROM frames) FROM frames",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .with_context(|| ctx("counting frames"))?;
-    // Distinct sources by skip-scan over the (source, ts_ms) index: one lookup per source
-    // instead of a pass over all of history.
-    let names: Vec<String> = conn
-        .prepare(
-            "WITH RECURSIVE s(name) AS ( \
-               SELECT MIN(source) FROM frames \
-               UNION ALL \
-               SELECT (SELECT MIN(source) FROM frames WHERE source > s.name) FROM s \
-               WHERE s.name IS NOT NULL) \
-             SELECT name FROM s WHERE name IS NOT NULL",
-        )
-        .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
-        .with_context(|| ctx("listing sources"))?;
-    let mut sources = Vec::with_capacity(names.len());
-    for name in names {
-        let n: i64 = conn
-            .query_row(
-                "SELECT COUNT(*) FROM frames WHERE source = ?1",
-                [&name],
-                |r| r.get(0),
-            )
-            .with_context(|| ctx("counting frames per source"))?;
-        let last = store
-            .query_frames(&FrameFilter {
-                source: Some(name.clone()),
-                limit: Some(1),
-                ..FrameFilter::default()
-            })?
-            .into_iter()
-            .next();
-        let state = store
-            .state_changes(None, None, Some(&name), 1)?
-            .into_iter()
-            .next()
-            .map(|c| c.to_label);
-        sources.push(DbSource {
-            frames: count(n),
-            last_label: last.as_ref().and_then(|f| f.label.clone()),
-            last_score: last.as_ref().and_then(|f| f.score),
-            last_ts_ms: last.as_ref().map(|f| f.ts_ms),
-            state,
-            name,
-        });
-    }
-    let (refinements, last_refinement_ts_ms): (i64, Option<i64>) = conn
-        .query_row("SELECT COUNT(*), MAX(ts_ms) FROM refinements", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .with_context(|| ctx("counting refinements"))?;
     Ok(DbSnapshot {
-        bytes: file_size(path) + file_size(&with_suffix(path, "-wal")),
+        bytes: on_disk_bytes(path),
         path: path.to_path_buf(),
-        frames: count(frames),
-        errors: count(errors),
-        last_ts_ms,
-        sources,
-        refinements: count(refinements),
-        last_refinement_ts_ms,
+        history: store.snapshot()?,
     })
-}
-
-fn file_size(p: &Path) -> u64 {
-    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
-}
-
-fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
-    let mut s = p.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
 }
 
 fn write_text(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
@@ -453,15 +355,16 @@ fn write_report(out: &mut impl Write, s: &StatusReport, now: i64) -> std::io::Re
 
 fn write_db(
     out: &mut impl Write,
-    db: &DbSnapshot,
+    snapshot: &DbSnapshot,
     per_source: bool,
     now: i64,
 ) -> std::io::Result<()> {
+    let db = &snapshot.history;
     write!(
         out,
         "database: {}, {}, {} frames ({} unclassifiable)",
-        db.path.display(),
-        human_bytes(db.bytes),
+        snapshot.path.display(),
+        human_bytes(snapshot.bytes),
         db.frames,
         db.errors
     )?;

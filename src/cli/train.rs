@@ -13,14 +13,13 @@ use clipd::adapter::linalg::Mat;
 use clipd::adapter::support::{self, Encoded};
 use clipd::adapter::train::{train as train_method, TrainOptions};
 use clipd::adapter::Method;
-use clipd::classes::ClassSpec;
-use clipd::config::Loaded;
-use clipd::encoder::{Backend, EncoderOptions};
+use clipd::config::{Loaded, ModelOverrides};
+use clipd::encoder::Backend;
 use clipd::engine::Engine;
 use clipd::preprocess::Transform;
 
 use super::progress::Progress;
-use super::{bundle_dir, load_config, ModelArgs, UsageError};
+use super::{load_config, ModelArgs, UsageError};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -65,23 +64,15 @@ pub fn prepare(model: &ModelArgs, what: &str) -> Result<(Loaded, Prepared)> {
     if c.classes.is_empty() {
         return Err(UsageError(format!("{}: classes: none configured", cfg.file.display())).into());
     }
-    let bundle = bundle_dir(model.bundle.as_deref(), Some(&cfg));
-    let threads = model.threads.unwrap_or(c.engine.threads);
-    let opts = EncoderOptions {
-        batch: c.engine.batch.max(1),
-        threads,
-        lanes: c.engine.lanes,
-    };
-    let classes = ClassSpec::from_config(&c.classes, &c.prompts);
-    let db = cfg.resolve(&c.store.path);
-    let engine = Engine::load(
-        &Backend::Tract,
-        c.engine.variant.as_deref(),
-        &bundle,
-        classes,
-        opts,
-        Some(&db),
-        None,
+    // Shots are embedded on tract whatever backend the daemon runs, and always zero-shot:
+    // the adapter being trained replaces the config's.
+    let engine = Engine::from_config(
+        &cfg,
+        &ModelOverrides {
+            backend: Some(Backend::Tract),
+            zero_shot: true,
+            ..model.overrides(None)
+        },
     )?;
     let d = engine.bundle.manifest.embed_dim;
     let text = Mat::from_vec(engine.classes.len(), d, engine.head.weights().to_vec());

@@ -17,6 +17,7 @@ pub mod queue;
 
 pub use monitor::{LastLabel, Monitor, SourceMetrics};
 pub use policy::FramePolicy;
+pub use queue::Overflow;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,6 +32,7 @@ use crate::encoder::{l2_normalize_rows, ImageEncoder};
 use crate::head::Classifier;
 use crate::preprocess::{decode_bytes, decode_file, to_rgb8, DecodeLimits, Transform};
 use crate::source::{Frame, FrameSource, Next, Payload};
+use crate::store::FrameRecord;
 use policy::{Admit, NoveltyGate, RateGate};
 use queue::{FrameQueue, Pushed};
 
@@ -100,11 +102,37 @@ pub struct FrameResult {
     pub embedding: Option<Vec<f32>>,
 }
 
+impl FrameResult {
+    /// The history row for this result, logged under `model_id` (no row id, no adapter yet:
+    /// the sink that numbers and stores rows adds them).
+    pub fn into_record(self, model_id: &str) -> FrameRecord {
+        let mut rec = match self.outcome {
+            Ok(c) => {
+                FrameRecord::classified(self.ts_ms, self.source, self.reference, model_id, c.top_k)
+            }
+            Err(f) => {
+                FrameRecord::failed(self.ts_ms, self.source, self.reference, model_id, f.message)
+            }
+        };
+        rec.latency_us = Some(self.latency_us);
+        rec.embedding = self.embedding;
+        rec
+    }
+}
+
 /// Receives every result on the head thread, in completion order. Reporting failures (log,
 /// stderr) is the sink's choice: the pipeline only counts them.
 pub trait Sink: Send {
     /// A sink error stops the pipeline (e.g. the database writer died).
-    fn accept(&mut self, result: FrameResult) -> Result<(), String>;
+    fn accept(&mut self, result: FrameResult) -> Result<(), SinkError>;
+}
+
+/// Why a sink could take no more results.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The database writer thread ended; what ended it is reported when it is joined.
+    #[error("the database writer stopped")]
+    WriterStopped,
 }
 
 /// Collects results in memory.
@@ -112,7 +140,7 @@ pub trait Sink: Send {
 pub struct VecSink(pub Vec<FrameResult>);
 
 impl Sink for VecSink {
-    fn accept(&mut self, result: FrameResult) -> Result<(), String> {
+    fn accept(&mut self, result: FrameResult) -> Result<(), SinkError> {
         self.0.push(result);
         Ok(())
     }
@@ -159,8 +187,8 @@ impl RunStats {
 pub enum PipelineError {
     #[error("frame source {name}: {msg}")]
     Source { name: String, msg: String },
-    #[error("{0}")]
-    Sink(String),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
     #[error("pipeline thread {0} panicked")]
     Panic(&'static str),
     #[error("cannot start pipeline thread: {0}")]
@@ -412,7 +440,7 @@ pub fn run<S: Sink + 'static>(
     let keep = opts.keep_embeddings;
     let top_k = opts.top_k.max(1);
     let head_monitor = monitor.clone();
-    let head_thread = spawn("head", move || -> Result<(RunStats, S), String> {
+    let head_thread = spawn("head", move || -> Result<(RunStats, S), SinkError> {
         let monitor = head_monitor;
         let mut stats = RunStats::default();
         let d = head.dim();
@@ -421,7 +449,7 @@ pub fn run<S: Sink + 'static>(
                     m: Meta,
                     outcome: Result<(Classification, Vec<usize>), FrameFailure>,
                     emb: Option<&[f32]>|
-         -> Result<(), String> {
+         -> Result<(), SinkError> {
             stats.frames += 1;
             let latency_us = m.started.elapsed().as_micros() as u64;
             stats.latency_us_total += latency_us;
@@ -527,8 +555,7 @@ pub fn run<S: Sink + 'static>(
         .map_err(|_| PipelineError::Panic("encode"))?;
     let (mut stats, sink) = head_thread
         .join()
-        .map_err(|_| PipelineError::Panic("head"))?
-        .map_err(PipelineError::Sink)?;
+        .map_err(|_| PipelineError::Panic("head"))??;
     if let Some(e) = source_err {
         return Err(e);
     }

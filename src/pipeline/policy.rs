@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use image::RgbImage;
 
-use crate::config::{Overflow, SourceConfig};
+use super::queue::Overflow;
 
 /// One source's frame policy.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,17 +31,6 @@ impl Default for FramePolicy {
             max_fps: None,
             novelty: None,
             overflow: Overflow::Block,
-        }
-    }
-}
-
-impl FramePolicy {
-    pub fn from_config(c: &SourceConfig) -> Self {
-        FramePolicy {
-            every_nth: c.every_nth.max(1),
-            max_fps: c.max_fps,
-            novelty: c.novelty,
-            overflow: c.overflow(),
         }
     }
 }

@@ -9,7 +9,15 @@
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-use crate::config::Overflow;
+/// What a source does when the pipeline falls behind and its queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overflow {
+    /// Wait (files: nothing may be skipped).
+    Block,
+    /// Drop the oldest queued frame of this source (cameras: the newest frame matters most).
+    DropOldest,
+}
 
 /// What happened to a pushed item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

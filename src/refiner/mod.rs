@@ -31,10 +31,10 @@ pub use smoothing::{Smoother, SmoothingConfig};
 pub struct RefineConfig {
     /// `em-dirichlet`, `hard-em-dirichlet` or `transclip`.
     #[serde(default = "default_method")]
-    pub method: String,
-    /// `default` (chosen on the fieldset benchmark) or `reference` (the papers' settings).
+    pub method: Method,
+    /// `default` (chosen on the benchmarks) or `reference` (the papers' settings).
     #[serde(default = "default_preset")]
-    pub preset: String,
+    pub preset: Preset,
     /// Parameter overrides, `"key=value"` by the names in docs/transduction.md.
     #[serde(default)]
     pub set: Vec<String>,
@@ -76,11 +76,11 @@ impl Default for RefineConfig {
 }
 
 /// EM-Dirichlet: on the validation split it was the method that helped (see docs/results.md).
-fn default_method() -> String {
-    "em-dirichlet".into()
+fn default_method() -> Method {
+    Method::EmDirichlet
 }
-fn default_preset() -> String {
-    "default".into()
+fn default_preset() -> Preset {
+    Preset::Default
 }
 fn default_buffer() -> usize {
     1024
@@ -145,11 +145,9 @@ impl RefineContext {
         }
     }
 
-    /// Build the parameters for `cfg` (errors name the bad method, preset or `set` entry).
+    /// Build the parameters for `cfg` (errors name the bad `set` entry).
     pub fn params(cfg: &RefineConfig, k: usize, few_shot: bool) -> Result<Params, TransductError> {
-        let method: Method = cfg.method.parse()?;
-        let preset: Preset = cfg.preset.parse()?;
-        let mut p = Params::new(method, preset, k, few_shot);
+        let mut p = Params::new(cfg.method, cfg.preset, k, few_shot);
         for s in &cfg.set {
             p.set_assignment(s)?;
         }
@@ -579,7 +577,7 @@ mod tests {
         let head = ZeroShotHead::new(vec!["x".into(), "y".into()], text.data.clone(), 3, 10.0)
             .expect("head");
         let cfg = RefineConfig {
-            method: method.into(),
+            method: method.parse().expect("method"),
             ..Default::default()
         };
         RefineContext {

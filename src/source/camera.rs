@@ -30,8 +30,8 @@ use nokhwa::Camera;
 
 use super::convert::{frame_len, mjpeg_frame, PixelFormat, RawFrame};
 use super::supervisor::{self, Capture, CaptureDevice, DeviceError, DeviceOpener, Opened};
+use super::{CameraSpec, CaptureFormat};
 use super::{FrameSource, Payload, SourceError};
-use crate::config::{CaptureFormat, SourceConfig};
 
 /// Size asked for when the config gives none: ample for CLIP's 224-pixel input, and far cheaper
 /// to decode than HD on a small board.
@@ -39,23 +39,25 @@ pub const DEFAULT_SIZE: (u32, u32) = (640, 480);
 /// Frame rate asked for when the config gives none.
 pub const DEFAULT_FPS: u32 = 30;
 
-/// Open the camera of config entry `key` as a supervised source.
+/// Open the camera `device` (an index, a path or a name) of config entry `key` as a
+/// supervised source.
 pub fn open(
     key: &str,
     name: String,
-    cfg: &SourceConfig,
+    device: &str,
+    spec: &CameraSpec,
 ) -> Result<Box<dyn FrameSource>, SourceError> {
-    let selector = Selector::parse(&cfg.path);
+    let selector = Selector::parse(device);
     selector.check().map_err(|msg| SourceError::Setup {
         key: format!("{key}.device"),
-        path: PathBuf::from(&cfg.path),
+        path: PathBuf::from(device),
         msg,
     })?;
-    let settings = supervisor::Settings::from_config(cfg);
+    let settings = supervisor::Settings::for_camera(spec);
     let reporter = supervisor::log_reporter(name.clone(), &settings);
     let opener = V4lOpener {
         selector: selector.clone(),
-        want: Want::from_config(cfg),
+        want: Want::from_spec(spec),
     };
     let capture = Capture::start(
         name,
@@ -245,12 +247,12 @@ pub struct Want {
 }
 
 impl Want {
-    pub fn from_config(cfg: &SourceConfig) -> Want {
+    pub fn from_spec(spec: &CameraSpec) -> Want {
         Want {
-            formats: cfg.formats.clone(),
-            width: cfg.width,
-            height: cfg.height,
-            fps: cfg.fps,
+            formats: spec.formats.clone(),
+            width: spec.width,
+            height: spec.height,
+            fps: spec.fps,
         }
     }
 
@@ -696,13 +698,14 @@ mod tests {
             e,
             "resolves to /dev/null, not a V4L2 video device (expected /dev/videoN or a /dev/v4l/by-id/ link to one)"
         );
-        let cfg: crate::config::Config = toml::from_str(
-            "[[sources]]\nkind = \"camera\"\ndevice = \"/dev/null\"\n[[classes]]\nname = \"x\"\n",
+        let e = open(
+            "sources[0]",
+            "cam".into(),
+            "/dev/null",
+            &CameraSpec::default(),
         )
+        .err()
         .unwrap();
-        let e = open("sources[0]", "cam".into(), &cfg.sources[0])
-            .err()
-            .unwrap();
         assert!(matches!(e, SourceError::Setup { .. }));
         assert!(
             e.to_string()
@@ -713,11 +716,18 @@ mod tests {
 
     #[test]
     fn a_missing_device_is_retried_not_refused() {
-        let cfg: crate::config::Config = toml::from_str(
-            "[[sources]]\nkind = \"camera\"\ndevice = \"/dev/v4l/by-id/no-such-camera\"\nreconnect_min_ms = 5\nreconnect_max_ms = 10\n[[classes]]\nname = \"x\"\n",
+        let spec = CameraSpec {
+            reconnect_min: std::time::Duration::from_millis(5),
+            reconnect_max: std::time::Duration::from_millis(10),
+            ..CameraSpec::default()
+        };
+        let mut src = open(
+            "sources[0]",
+            "cam".into(),
+            "/dev/v4l/by-id/no-such-camera",
+            &spec,
         )
         .unwrap();
-        let mut src = open("sources[0]", "cam".into(), &cfg.sources[0]).unwrap();
         assert!(matches!(src.next().unwrap(), super::super::Next::Wait(_)));
         let c = src.counters().unwrap();
         assert!(!c.connected.load(std::sync::atomic::Ordering::SeqCst));

@@ -4,8 +4,7 @@ use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{is_image_path, truth_for, Frame, FrameSource, Next, Payload, SourceError};
-use crate::config::LabelsFrom;
+use super::{is_image_path, truth_for, Frame, FrameSource, LabelsFrom, Next, Payload, SourceError};
 
 /// A fixed list of files (the `file` and `glob` kinds).
 pub struct FileListSource {
@@ -140,13 +139,13 @@ impl FrameSource for DirSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{SourceConfig, SourceKind};
+    use crate::source::{SourceKind, SourceSpec};
 
-    fn cfg(kind: SourceKind, path: &str) -> SourceConfig {
-        SourceConfig {
+    fn spec(index: usize, kind: SourceKind, path: &str, base: &Path) -> SourceSpec {
+        SourceSpec {
             labels_from: LabelsFrom::ParentDir,
-            poll_ms: 10,
-            ..SourceConfig::new(kind, path)
+            poll: Duration::from_millis(10),
+            ..SourceSpec::new(&format!("sources[{index}]"), kind, path, base)
         }
     }
 
@@ -157,7 +156,7 @@ mod tests {
         std::fs::write(d.path().join("cat/b.png"), b"").unwrap();
         std::fs::write(d.path().join("cat/a.JPG"), b"").unwrap();
         std::fs::write(d.path().join("notes.txt"), b"").unwrap();
-        let mut s = super::super::open(0, &cfg(SourceKind::Dir, "."), d.path(), true).unwrap();
+        let mut s = super::super::open(&spec(0, SourceKind::Dir, ".", d.path()), true).unwrap();
         let mut got = vec![];
         while let Next::Frame(f) = s.next().unwrap() {
             got.push((f.reference.rsplit('/').next().unwrap().to_string(), f.truth));
@@ -175,7 +174,7 @@ mod tests {
     fn empty_dir_and_missing_paths_are_setup_errors() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("readme.txt"), b"").unwrap();
-        let e = super::super::open(2, &cfg(SourceKind::Dir, "."), d.path(), true)
+        let e = super::super::open(&spec(2, SourceKind::Dir, ".", d.path()), true)
             .err()
             .unwrap()
             .to_string();
@@ -183,10 +182,10 @@ mod tests {
             e.starts_with("sources[2]: ") && e.contains("no image files"),
             "{e}"
         );
-        assert!(super::super::open(0, &cfg(SourceKind::File, "x.png"), d.path(), true).is_err());
-        assert!(super::super::open(0, &cfg(SourceKind::Glob, "*.png"), d.path(), true).is_err());
+        assert!(super::super::open(&spec(0, SourceKind::File, "x.png", d.path()), true).is_err());
+        assert!(super::super::open(&spec(0, SourceKind::Glob, "*.png", d.path()), true).is_err());
         // Watching an empty directory is fine: frames may arrive later.
-        let mut s = super::super::open(0, &cfg(SourceKind::Dir, "."), d.path(), false).unwrap();
+        let mut s = super::super::open(&spec(0, SourceKind::Dir, ".", d.path()), false).unwrap();
         assert!(matches!(s.next().unwrap(), Next::Wait(_)));
         std::fs::write(d.path().join("new.png"), b"").unwrap();
         assert!(matches!(s.next().unwrap(), Next::Frame(_)));

@@ -4,17 +4,17 @@
 pub mod camera;
 pub mod convert;
 mod files;
+pub mod spec;
 pub mod supervisor;
 
 pub use convert::{PixelFormat, RawFrame};
 pub use files::{DirSource, FileListSource};
+pub use spec::{CameraSpec, CaptureFormat, LabelsFrom, SourceKind, SourceSpec};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
-
-use crate::config::{LabelsFrom, SourceConfig, SourceKind};
 
 /// What a frame's pixels are.
 #[derive(Debug, Clone)]
@@ -110,55 +110,64 @@ pub fn truth_for(path: &Path, labels: LabelsFrom) -> Option<String> {
     }
 }
 
-/// Build the source for config entry `index`; `base` resolves relative paths and `once`
-/// selects a finite listing over a watching one. Fails if the source has nothing to read.
-pub fn open(
-    index: usize,
-    cfg: &SourceConfig,
-    base: &Path,
-    once: bool,
-) -> Result<Box<dyn FrameSource>, SourceError> {
-    let key = format!("sources[{index}]");
-    let name = cfg.name.clone().unwrap_or_else(|| cfg.path.clone());
-    let resolve = |p: &str| {
-        let p = Path::new(p);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            crate::config::normalize(&base.join(p))
-        }
-    };
+/// Open the source `spec` describes; `once` selects a finite listing over a watching one.
+/// Fails if the source has nothing to read.
+pub fn open(spec: &SourceSpec, once: bool) -> Result<Box<dyn FrameSource>, SourceError> {
     let setup = |path: PathBuf, msg: &str| SourceError::Setup {
-        key: key.clone(),
+        key: spec.key.clone(),
         path,
         msg: msg.to_string(),
     };
-    match cfg.kind {
+    // A path that is not there: say where a relative one was looked for.
+    let missing = |what: &str| {
+        let mut msg = format!("no such {what}");
+        if Path::new(&spec.path).is_relative() {
+            msg.push_str(&format!(
+                " (relative paths resolve against the config's folder, {})",
+                spec.base.display()
+            ));
+        }
+        setup(spec.resolved.clone(), &msg)
+    };
+    let name = spec.name.clone();
+    match spec.kind {
         SourceKind::Dir => {
-            let dir = resolve(&cfg.path);
-            if !dir.is_dir() {
-                return Err(setup(dir, "not a directory"));
+            let dir = &spec.resolved;
+            if !dir.exists() {
+                return Err(missing("directory"));
             }
-            let poll = (!once).then(|| Duration::from_millis(cfg.poll_ms.max(10)));
-            let src = DirSource::new(name, dir.clone(), cfg.recursive, cfg.labels_from, poll)?;
+            if !dir.is_dir() {
+                return Err(setup(
+                    dir.clone(),
+                    "not a directory (use kind = \"file\" for one image)",
+                ));
+            }
+            let poll = (!once).then(|| spec.poll.max(Duration::from_millis(10)));
+            let src = DirSource::new(name, dir.clone(), spec.recursive, spec.labels_from, poll)?;
             if once && src.pending() == 0 {
-                return Err(setup(dir, "no image files found"));
+                return Err(setup(dir.clone(), "no image files found"));
             }
             Ok(Box::new(src))
         }
         SourceKind::File => {
-            let file = resolve(&cfg.path);
+            let file = &spec.resolved;
+            if !file.exists() {
+                return Err(missing("file"));
+            }
             if !file.is_file() {
-                return Err(setup(file, "no such file"));
+                return Err(setup(
+                    file.clone(),
+                    "not a file (use kind = \"dir\" for a folder of images)",
+                ));
             }
             Ok(Box::new(FileListSource::new(
                 name,
-                vec![file],
-                cfg.labels_from,
+                vec![file.clone()],
+                spec.labels_from,
             )))
         }
         SourceKind::Glob => {
-            let pattern = resolve(&cfg.path);
+            let pattern = &spec.resolved;
             let text = pattern.to_string_lossy().into_owned();
             let paths = glob::glob(&text).map_err(|e| setup(pattern.clone(), &e.to_string()))?;
             let mut files: Vec<PathBuf> = paths
@@ -167,15 +176,22 @@ pub fn open(
                 .collect();
             files.sort();
             if files.is_empty() {
-                return Err(setup(pattern, "pattern matches no files"));
+                let mut msg = "pattern matches no files".to_string();
+                if Path::new(&spec.path).is_relative() {
+                    msg.push_str(&format!(
+                        " (relative patterns resolve against the config's folder, {})",
+                        spec.base.display()
+                    ));
+                }
+                return Err(setup(pattern.clone(), &msg));
             }
-            Ok(Box::new(FileListSource::new(name, files, cfg.labels_from)))
+            Ok(Box::new(FileListSource::new(name, files, spec.labels_from)))
         }
         #[cfg(feature = "camera")]
-        SourceKind::Camera => camera::open(&key, name, cfg),
+        SourceKind::Camera => camera::open(&spec.key, name, &spec.path, &spec.camera),
         #[cfg(not(feature = "camera"))]
         SourceKind::Camera => Err(setup(
-            PathBuf::from(&cfg.path),
+            PathBuf::from(&spec.path),
             "this clipd was built without camera support: rebuild with the `camera` feature",
         )),
     }

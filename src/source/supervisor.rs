@@ -79,15 +79,14 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Settings for a camera source: the stall timeout and backoff bounds come from the config,
+    /// Settings for a camera source: the stall timeout and backoff bounds as configured,
     /// a two-frame slot, a 50 ms poll, at most 4 stuck threads or one stuck for 4 × the longest
     /// backoff, jitter seeded from the clock.
-    pub fn from_config(cfg: &crate::config::SourceConfig) -> Settings {
-        let secs = |s: f64| Duration::try_from_secs_f64(s).unwrap_or(Duration::from_secs(86_400));
-        let backoff_max = Duration::from_millis(cfg.reconnect_max_ms);
+    pub fn for_camera(spec: &super::CameraSpec) -> Settings {
+        let backoff_max = spec.reconnect_max;
         Settings {
-            stall: secs(cfg.stall_secs),
-            backoff_min: Duration::from_millis(cfg.reconnect_min_ms),
+            stall: spec.stall,
+            backoff_min: spec.reconnect_min,
             backoff_max,
             slot: 2,
             poll: Duration::from_millis(50),

@@ -14,6 +14,7 @@ use std::time::SystemTime;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
+use crate::store::files::{mib, with_suffix};
 use crate::store::maintenance::backup_connection;
 use crate::store::volume::{available_bytes, network_fs_of};
 use crate::store::{Ctx, StoreError, BUSY_TIMEOUT, SCHEMA_VERSION};
@@ -170,7 +171,6 @@ pub(crate) fn ensure_incremental_vacuum(conn: &Connection, path: &Path) {
         return;
     }
     let size = pragma("page_count").unwrap_or(0) * pragma("page_size").unwrap_or(4096);
-    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     if let Some(free) = available_bytes(path) {
         if free < size.saturating_mul(11) / 10 {
             log::warn!(
@@ -216,13 +216,6 @@ fn taken(p: &Path) -> bool {
     ["", "-wal", "-shm"]
         .iter()
         .any(|s| with_suffix(p, s).symlink_metadata().is_ok())
-}
-
-/// `path` with `suffix` appended to its file name (`h.db` + `-wal`).
-pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
 }
 
 /// Now in UTC as `20240501T120000Z`: sorts by time, and has no `:` (which

@@ -15,7 +15,7 @@ use std::time::Duration;
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension};
 
-use crate::store::health::with_suffix;
+use crate::store::files::{file_len, mib, with_suffix};
 use crate::store::retention::incremental_vacuum;
 use crate::store::{existing_file, format_ts_ms, Ctx, StoreError, BUSY_TIMEOUT};
 
@@ -53,10 +53,6 @@ impl CheckReport {
     pub fn is_ok(&self) -> bool {
         self.problems.is_empty()
     }
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
 }
 
 impl fmt::Display for CheckReport {
@@ -123,18 +119,24 @@ fn pragma_u64(conn: &Connection, path: &Path, name: &'static str) -> Result<u64,
     Ok(u64::try_from(v).unwrap_or(0))
 }
 
-fn file_len(p: &Path) -> u64 {
-    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
-}
-
 /// A full `PRAGMA integrity_check` (every page, index and constraint) and a
 /// description of the file. Damage is reported in the result, not as an
 /// error; errors are files that cannot be read at all.
 pub fn check(path: &Path) -> Result<CheckReport, StoreError> {
+    check_with(path, "integrity_check")
+}
+
+/// Like [`check`], with `PRAGMA quick_check` (no index or constraint checks: seconds on a
+/// large file, where a full check takes minutes), for `clipd doctor`.
+pub fn quick_check(path: &Path) -> Result<CheckReport, StoreError> {
+    check_with(path, "quick_check")
+}
+
+fn check_with(path: &Path, pragma: &str) -> Result<CheckReport, StoreError> {
     let conn = open_existing(path, true)?;
     let schema_version = crate::store::migrate::read_version(&conn, path)?;
     let problems: Vec<String> = match conn
-        .prepare(&format!("PRAGMA integrity_check({INTEGRITY_MAX_PROBLEMS})"))
+        .prepare(&format!("PRAGMA {pragma}({INTEGRITY_MAX_PROBLEMS})"))
         .and_then(|mut s| s.query_map([], |r| r.get::<_, String>(0))?.collect())
     {
         Ok(rows) => {

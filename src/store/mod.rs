@@ -18,12 +18,14 @@
 //! Every error is a [`StoreError`] naming the database file and, where there
 //! is one, what the user can do about it.
 
+mod files;
 mod format;
 mod health;
 mod maintenance;
 mod migrate;
 mod query;
 mod retention;
+mod snapshot;
 mod timespec;
 mod volume;
 mod writer;
@@ -36,13 +38,15 @@ use std::time::Duration;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
+pub use files::{on_disk_bytes, with_suffix};
 pub use format::{csv_field, is_broken_pipe, write_rows, write_stats, write_summary, Format};
 pub use maintenance::{
-    backup, check, vacuum, vacuum_space, BackupReport, CheckReport, VacuumReport,
+    backup, check, quick_check, vacuum, vacuum_space, BackupReport, CheckReport, VacuumReport,
 };
 pub use migrate::SCHEMA_VERSION;
 pub use query::{Bucket, FrameFilter, FrameRow, LabelCount, StatRow, Summary};
 pub use retention::{PruneReport, Retention};
+pub use snapshot::{HistorySnapshot, SourceSnapshot};
 pub use timespec::{format_ts_ms, now_ms, parse_time_spec, TimeSpecError};
 pub use volume::{available_bytes, network_fs_name, network_fs_of};
 pub use writer::{
@@ -356,7 +360,7 @@ impl FromStr for Synchronous {
 }
 
 /// How the database is opened and how the writer commits and prunes.
-/// The daemon builds it from its config with [`StoreOptions::from_config`];
+/// The daemon's come from its config's `[store]` table (the config builds them);
 /// the defaults suit one-off tools (no retention, no moving files aside).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreOptions {
@@ -399,32 +403,6 @@ impl Default for StoreOptions {
 }
 
 impl StoreOptions {
-    /// The options the daemon runs with, from its `[store]` table.
-    pub fn from_config(c: &crate::config::StoreConfig) -> StoreOptions {
-        const DAY_SECS: f64 = 86_400.0;
-        StoreOptions {
-            batch_rows: c.commit_rows,
-            batch_ms: c.commit_ms,
-            synchronous: c.synchronous,
-            retention: Retention {
-                // Validated positive; a value too large for a Duration is
-                // no limit at all.
-                max_age: c
-                    .retention_days
-                    .and_then(|d| Duration::try_from_secs_f64(d * DAY_SECS).ok()),
-                max_rows: c.max_rows,
-                // `as` saturates: an absurdly large limit is no limit.
-                max_bytes: c.max_size_mb.map(|mb| (mb * 1024.0 * 1024.0) as u64),
-                every: Duration::from_secs(c.retention_every_secs),
-                batch: c.prune_batch,
-            },
-            quick_check: c.quick_check,
-            allow_network_fs: c.allow_network_fs,
-            max_pending_rows: 0,
-            max_page_count: None,
-        }
-    }
-
     /// Frames held while commits fail; see [`StoreOptions::max_pending_rows`].
     pub fn pending_limit(&self) -> usize {
         match self.max_pending_rows {
@@ -1594,35 +1572,6 @@ pub(crate) mod tests {
             "{msg}"
         );
         assert_eq!(count(&store), 1);
-    }
-
-    #[test]
-    fn daemon_options_follow_the_store_config() {
-        let c = crate::config::StoreConfig {
-            retention_days: Some(1.5),
-            max_rows: Some(10),
-            max_size_mb: Some(2.0),
-            commit_rows: 8,
-            ..crate::config::StoreConfig::default()
-        };
-        let o = StoreOptions::from_config(&c);
-        assert_eq!(o.retention.max_age, Some(Duration::from_secs(129_600)));
-        assert_eq!(o.retention.max_rows, Some(10));
-        assert_eq!(o.retention.max_bytes, Some(2 * 1024 * 1024));
-        assert_eq!(
-            o.retention.every,
-            Duration::from_secs(c.retention_every_secs)
-        );
-        assert_eq!(o.retention.batch, c.prune_batch);
-        assert_eq!((o.quick_check, o.allow_network_fs), (true, false));
-        assert_eq!(o.pending_limit(), 128, "16 commits' worth");
-        assert!(o.retention.is_enabled());
-        let plain = StoreOptions::from_config(&crate::config::StoreConfig::default());
-        assert!(!plain.retention.is_enabled());
-        assert!(
-            !StoreOptions::default().quick_check,
-            "tools never move files"
-        );
     }
 
     #[test]

@@ -116,6 +116,23 @@ impl FromStr for Preset {
     }
 }
 
+/// Config files name methods and presets as strings; they deserialise through `FromStr`, so a
+/// bad name is refused with the line it is on and the names that exist.
+macro_rules! deserialize_by_name {
+    ($t:ty) => {
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> std::result::Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+deserialize_by_name!(Method);
+deserialize_by_name!(Preset);
+
 /// What a refinement produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
