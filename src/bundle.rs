@@ -12,6 +12,7 @@ use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::error::{ExitClass, HasExitClass};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -57,6 +58,12 @@ pub enum BundleError {
         expected: String,
         actual: String,
     },
+}
+
+impl HasExitClass for BundleError {
+    fn exit_class(&self) -> ExitClass {
+        ExitClass::Model
+    }
 }
 
 /// The name `models/export/variants.py` gives its float16 variant.

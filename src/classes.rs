@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use crate::bundle::Bundle;
 use crate::encoder::{encode_texts, l2_normalize_rows, EncoderOptions, TractTextEncoder};
+use crate::error::{ExitClass, HasExitClass};
 use crate::head::{ensemble, HeadError, ZeroShotHead};
 use crate::tokenizer::{ClipTokenizer, TokenizerError};
 
@@ -17,6 +18,12 @@ pub enum ClassesError {
     Encoder(#[from] crate::encoder::EncoderError),
     #[error(transparent)]
     Head(#[from] HeadError),
+}
+
+impl HasExitClass for ClassesError {
+    fn exit_class(&self) -> ExitClass {
+        ExitClass::Model
+    }
 }
 
 /// One class with its prompts, as the head is built from it.

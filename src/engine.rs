@@ -20,6 +20,7 @@ use crate::classes::{
     build_head, distinct_prompts, ClassSpec, ClassesError, LabelIndex, PromptEmbedder,
 };
 use crate::encoder::{load_image_encoder, Backend, EncoderError, EncoderOptions, ImageEncoder};
+use crate::error::{ExitClass, HasExitClass};
 use crate::head::{Classifier, ZeroShotHead};
 use crate::store::{ClassRecord, Store, StoreError};
 
@@ -33,6 +34,15 @@ pub enum EngineError {
     Classes(#[from] ClassesError),
     #[error(transparent)]
     Adapter(#[from] AdapterError),
+}
+
+impl HasExitClass for EngineError {
+    fn exit_class(&self) -> ExitClass {
+        match self {
+            EngineError::Adapter(a) => a.exit_class(),
+            _ => ExitClass::Model,
+        }
+    }
 }
 
 /// A loaded model ready to classify, plus what the history database still needs to learn.

@@ -2,6 +2,7 @@
 //! softmax and top-k. Pure computation on plain slices; the encoders and the cache live
 //! elsewhere.
 
+use crate::error::{ExitClass, HasExitClass};
 /// Built-in prompt templates for a class domain, in the style of the CLIP zero-shot studies
 /// (`{}` is replaced by the class name). Unknown domains get the generic
 /// "a photo of a {}, a type of <domain>." template.
@@ -151,6 +152,12 @@ pub enum HeadError {
         classes: usize,
         dim: usize,
     },
+}
+
+impl HasExitClass for HeadError {
+    fn exit_class(&self) -> ExitClass {
+        ExitClass::Model
+    }
 }
 
 /// The zero-shot head: a K×d matrix of normalised class embeddings and a logit scale.

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod encoder;
 pub mod engine;
 pub mod error;
+pub mod exit;
 pub mod head;
 pub mod npy;
 pub mod paths;

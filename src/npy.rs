@@ -1,6 +1,7 @@
 //! Minimal `.npy` (format 1.0/2.0/3.0) reader and writer for little-endian f32 and i64 arrays in
 //! C order: enough for feature dumps and test fixtures without pulling in an ndarray stack.
 
+use crate::error::{ExitClass, HasExitClass};
 use std::io::{Read, Write};
 use std::path::Path;
 
@@ -15,6 +16,12 @@ pub enum NpyError {
     },
     #[error("{path}: not a .npy file: {reason}")]
     Format { path: String, reason: String },
+}
+
+impl HasExitClass for NpyError {
+    fn exit_class(&self) -> ExitClass {
+        ExitClass::Io
+    }
 }
 
 /// A dense array read from a `.npy` file.

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
 
 use crate::bundle::ImageSpec;
+use crate::error::{ExitClass, HasExitClass};
 
 /// Limits applied while decoding: an image over them is refused from its header, before any
 /// pixel buffer is allocated.
@@ -56,6 +57,13 @@ pub enum PreprocessError {
     },
     #[error("{}: cannot decode image: {msg}", path.display())]
     Decode { path: PathBuf, msg: String },
+}
+
+// A frame that cannot be decoded is an input that could not be processed.
+impl HasExitClass for PreprocessError {
+    fn exit_class(&self) -> ExitClass {
+        ExitClass::SomeFailed
+    }
 }
 
 impl PreprocessError {

@@ -26,6 +26,7 @@ use std::sync::OnceLock;
 
 use crate::store::csv_field;
 
+use crate::error::{ExitClass, HasExitClass};
 use plotters::backend::{BitMapBackend, RGBPixel};
 use plotters::coord::Shift;
 use plotters::element::{Circle, DashedPathElement, PathElement};
@@ -153,6 +154,12 @@ pub enum ReportError {
         /// Shot counts that do have curve points, to help the user pick one.
         available: Vec<usize>,
     },
+}
+
+impl HasExitClass for ReportError {
+    fn exit_class(&self) -> ExitClass {
+        ExitClass::Io
+    }
 }
 
 /// Formats a list of shot counts for an error message.

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::bundle::TextSpec;
+use crate::error::{ExitClass, HasExitClass};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
@@ -12,6 +13,12 @@ pub enum TokenizerError {
     Load { path: PathBuf, msg: String },
     #[error("cannot tokenize {text:?}: {msg}")]
     Encode { text: String, msg: String },
+}
+
+impl HasExitClass for TokenizerError {
+    fn exit_class(&self) -> ExitClass {
+        ExitClass::Model
+    }
 }
 
 /// A loaded CLIP tokenizer with the manifest's framing parameters.

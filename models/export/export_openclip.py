@@ -26,7 +26,6 @@ and running both graphs with fixed shapes and no workaround flags.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -43,26 +42,8 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class ExportError(Exception):
-    """A one-line, user-facing failure."""
-
-
-def require(module: str, pip_name: str | None = None):
-    """Import a module or fail with the pip command that installs it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ExportError(f"missing Python package '{module}': pip install {pip_name or module}")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+# Shared with variants.py (which this module calls), so neither imports the other.
+from tooling import ExportError, require, sha256_file  # noqa: E402,F401
 
 
 def _clean_graph(path: Path, simplify: bool) -> None:

@@ -29,6 +29,7 @@ use super::train::{EpochStat, Hyper, Selection, Trained};
 use super::{Head, Method};
 use crate::bundle::Bundle;
 use crate::classes::ClassSpec;
+use crate::error::{ExitClass, HasExitClass};
 
 pub const FORMAT_VERSION: u32 = 1;
 const META_KEY: &str = "clipd.adapter";
@@ -50,6 +51,16 @@ pub enum AdapterError {
     },
     #[error("{}: trained for other classes than the config's ({msg}); retrain with `clipd train` or use the adapter's class list", path.display())]
     Classes { path: PathBuf, msg: String },
+}
+
+impl HasExitClass for AdapterError {
+    fn exit_class(&self) -> ExitClass {
+        match self {
+            AdapterError::Io { .. } => ExitClass::Io,
+            AdapterError::Classes { .. } => ExitClass::Usage,
+            _ => ExitClass::Model,
+        }
+    }
 }
 
 /// A class as the adapter was trained with it.

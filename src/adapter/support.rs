@@ -10,6 +10,7 @@ use super::linalg::Mat;
 use super::train::Shots;
 use crate::classes::{ClassSpec, LabelIndex};
 use crate::encoder::{l2_normalize_rows, EncoderError, ImageEncoder};
+use crate::error::{ExitClass, HasExitClass};
 use crate::preprocess::{augment, decode_bytes, to_rgb8, DecodeLimits, Transform};
 use crate::rng::Rng;
 use crate::source::is_image_path;
@@ -37,6 +38,16 @@ pub enum SupportError {
     },
     #[error(transparent)]
     Encoder(#[from] EncoderError),
+}
+
+impl HasExitClass for SupportError {
+    fn exit_class(&self) -> ExitClass {
+        match self {
+            SupportError::Io { .. } => ExitClass::Io,
+            SupportError::Encoder(e) => e.exit_class(),
+            _ => ExitClass::Usage,
+        }
+    }
 }
 
 /// One class folder and its image files (sorted).

@@ -18,6 +18,7 @@ use super::linalg::{argmax, cross_entropy, normalize_rows, Mat};
 use super::models::{Bottleneck, CacheModel, CosineModel, LinearModel, Objective, ResidualModel};
 use super::optim::{cosine_lr, AdamW, AdamWConfig};
 use super::{Head, Method};
+use crate::error::{ExitClass, HasExitClass};
 use crate::rng::Rng;
 
 /// Features of the support shots. `views[0]` holds the plain CLIP transform of every shot;
@@ -174,6 +175,12 @@ pub enum TrainError {
     EmptyClass(usize),
     #[error("shot features have {shots} dimensions, the text embeddings {text}")]
     Dim { shots: usize, text: usize },
+}
+
+impl HasExitClass for TrainError {
+    fn exit_class(&self) -> ExitClass {
+        ExitClass::Usage
+    }
 }
 
 /// One point of a method's search grid.

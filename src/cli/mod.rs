@@ -176,7 +176,7 @@ pub fn exit_code(e: &anyhow::Error) -> ExitCode {
     if e.chain().any(|c| c.is::<UsageError>()) {
         return ExitCode::from(ExitClass::Usage.code());
     }
-    ExitCode::from(clipd::error::class_of_chain(e.chain()).code())
+    ExitCode::from(clipd::exit::class_of_chain(e.chain()).code())
 }
 
 /// The built-in demo configuration and the directory its relative paths resolve against.

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::error::{ExitClass, HasExitClass};
 use serde::Deserialize;
 
 mod locate;
@@ -28,6 +29,12 @@ pub struct ConfigError {
     pub line: Option<usize>,
     pub key: Option<String>,
     pub msg: String,
+}
+
+impl HasExitClass for ConfigError {
+    fn exit_class(&self) -> ExitClass {
+        ExitClass::Usage
+    }
 }
 
 /// The whole configuration file.

@@ -13,6 +13,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::error::{ExitClass, HasExitClass};
 use serde::{Deserialize, Serialize};
 
 /// Reading or writing the status file failed.
@@ -22,6 +23,12 @@ pub enum StatusError {
     Io { path: PathBuf, source: io::Error },
     #[error("status file {}: not a clipd status report ({detail}); it is rewritten while the daemon runs, or delete it", path.display())]
     Parse { path: PathBuf, detail: String },
+}
+
+impl HasExitClass for StatusError {
+    fn exit_class(&self) -> ExitClass {
+        ExitClass::Io
+    }
 }
 
 impl StatusError {

@@ -17,6 +17,7 @@ pub use self::ort::{
 };
 pub use self::tract::{OpTime, TractImageEncoder, TractStock, TractTextEncoder};
 
+use crate::error::{ExitClass, HasExitClass};
 use std::path::PathBuf;
 
 /// Why an encoder could not be loaded or run.
@@ -44,6 +45,12 @@ pub enum EncoderError {
     NoLibrary,
     #[error("engine.backend = \"ort\" needs clipd built with ONNX Runtime support (cargo build --release --features ort); use backend = \"tract\" otherwise")]
     BackendNotBuilt,
+}
+
+impl HasExitClass for EncoderError {
+    fn exit_class(&self) -> ExitClass {
+        ExitClass::Model
+    }
 }
 
 /// How a backend should be set up: decided once at load time, never per frame.

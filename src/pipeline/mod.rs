@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use crate::classes::LabelIndex;
 use crate::encoder::{l2_normalize_rows, ImageEncoder};
+use crate::error::{ExitClass, HasExitClass};
 use crate::head::Classifier;
 use crate::preprocess::{decode_bytes, decode_file, to_rgb8, DecodeLimits, Transform};
 use crate::source::{Frame, FrameSource, Next, Payload};
@@ -135,6 +136,12 @@ pub enum SinkError {
     WriterStopped,
 }
 
+impl HasExitClass for SinkError {
+    fn exit_class(&self) -> ExitClass {
+        ExitClass::Io
+    }
+}
+
 /// Collects results in memory.
 #[derive(Debug, Default)]
 pub struct VecSink(pub Vec<FrameResult>);
@@ -193,6 +200,12 @@ pub enum PipelineError {
     Panic(&'static str),
     #[error("cannot start pipeline thread: {0}")]
     Spawn(std::io::Error),
+}
+
+impl HasExitClass for PipelineError {
+    fn exit_class(&self) -> ExitClass {
+        ExitClass::Io
+    }
 }
 
 struct Job {

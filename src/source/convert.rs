@@ -13,6 +13,7 @@
 //! nokhwa does not report the driver's line stride. A buffer longer than the frame is accepted
 //! and its tail ignored (drivers round the buffer size up); a shorter one is an error.
 
+use crate::error::{ExitClass, HasExitClass};
 use std::fmt;
 
 /// Pixel layout of a raw frame.
@@ -57,6 +58,12 @@ pub enum ConvertError {
         height: u32,
         msg: String,
     },
+}
+
+impl HasExitClass for ConvertError {
+    fn exit_class(&self) -> ExitClass {
+        ExitClass::Io
+    }
 }
 
 /// Bytes a tightly packed `format` frame of `width`×`height` occupies; an error for sizes the

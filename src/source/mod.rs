@@ -11,6 +11,7 @@ pub use convert::{PixelFormat, RawFrame};
 pub use files::{DirSource, FileListSource};
 pub use spec::{CameraSpec, CaptureFormat, LabelsFrom, SourceKind, SourceSpec};
 
+use crate::error::{ExitClass, HasExitClass};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
@@ -63,6 +64,15 @@ pub enum SourceError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl HasExitClass for SourceError {
+    fn exit_class(&self) -> ExitClass {
+        match self {
+            SourceError::Setup { .. } => ExitClass::Usage,
+            SourceError::Io { .. } => ExitClass::Io,
+        }
+    }
 }
 
 /// Health counters a live source shares with the daemon's status reporting.

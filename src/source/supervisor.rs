@@ -32,12 +32,19 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::{Frame, FrameSource, Next, Payload, SourceCounters, SourceError};
+use crate::error::{ExitClass, HasExitClass};
 use crate::rng::Rng;
 
 /// Why a device could not be opened or stopped delivering (one line, naming the device).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct DeviceError(pub String);
+
+impl HasExitClass for DeviceError {
+    fn exit_class(&self) -> ExitClass {
+        ExitClass::Io
+    }
+}
 
 /// One open instance of a capture device. It lives and dies on its capture thread (so it need
 /// not be `Send`); dropping it closes the device.

@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::error::{ExitClass, HasExitClass};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
@@ -215,6 +216,12 @@ pub enum StoreError {
         problems: usize,
         first: String,
     },
+}
+
+impl HasExitClass for StoreError {
+    fn exit_class(&self) -> ExitClass {
+        ExitClass::Io
+    }
 }
 
 impl StoreError {

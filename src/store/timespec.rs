@@ -7,6 +7,7 @@
 //! `2024-05-01T14:00:00.5+02:00`, or a bare date `2024-05-01` for UTC
 //! midnight).
 
+use crate::error::{ExitClass, HasExitClass};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// What a time argument should look like; appended to every parse error.
@@ -23,6 +24,12 @@ pub enum TimeSpecError {
     Invalid { input: String, reason: String },
     #[error("time {input:?} is before 1970-01-01, where history cannot start")]
     BeforeEpoch { input: String },
+}
+
+impl HasExitClass for TimeSpecError {
+    fn exit_class(&self) -> ExitClass {
+        ExitClass::Usage
+    }
 }
 
 /// Now, as UTC epoch milliseconds. A clock set before 1970 reads as 0.

@@ -23,6 +23,7 @@ pub use params::{EmDirichletParams, Params, TransClipParams};
 pub use transclip::transclip;
 
 use crate::adapter::linalg::Mat;
+use crate::error::{ExitClass, HasExitClass};
 use std::fmt;
 use std::str::FromStr;
 
@@ -194,6 +195,12 @@ pub enum TransductError {
         name: String,
         known: String,
     },
+}
+
+impl HasExitClass for TransductError {
+    fn exit_class(&self) -> ExitClass {
+        ExitClass::Usage
+    }
 }
 
 pub type Result<T> = std::result::Result<T, TransductError>;
