@@ -30,6 +30,8 @@ pub enum BundleError {
     },
     #[error("{}: not a bundle: {MANIFEST} is missing", dir.display())]
     NoManifest { dir: PathBuf },
+    #[error("bundle {}: no such directory (pass --bundle DIR or set `bundle` in the config; relative config paths resolve against the config's folder)", dir.display())]
+    NoBundle { dir: PathBuf },
     #[error("{}: {source}", path.display())]
     Parse {
         path: PathBuf,
@@ -257,6 +259,11 @@ pub struct Bundle {
 impl Bundle {
     /// Open and verify the bundle in `dir`.
     pub fn open(dir: &Path) -> Result<Bundle, BundleError> {
+        if !dir.exists() {
+            return Err(BundleError::NoBundle {
+                dir: dir.to_path_buf(),
+            });
+        }
         let path = dir.join(MANIFEST);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
@@ -673,6 +680,9 @@ mod tests {
         let e = Bundle::open(dir.path()).unwrap_err().to_string();
         assert!(e.contains("format_version"), "{e}");
         let empty = tempfile::tempdir().unwrap();
+        let e = Bundle::open(&empty.path().join("nope")).unwrap_err();
+        assert!(matches!(e, BundleError::NoBundle { .. }), "{e}");
+        assert!(e.to_string().contains("no such directory"), "{e}");
         assert!(matches!(
             Bundle::open(empty.path()),
             Err(BundleError::NoManifest { .. })

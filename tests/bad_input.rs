@@ -132,14 +132,14 @@ const BAD_CONFIGS: &[BadConfig] = &[
         code: 2,
         line: None,
         key: None,
-        message: "sources[0]: {dir}/no-such-frames: not a directory",
+        message: "sources[0]: {dir}/no-such-frames: no such directory (relative paths resolve against the config's folder, {dir})",
     },
     BadConfig {
         file: "missing_bundle.toml",
         code: 3,
         line: None,
         key: None,
-        message: "{dir}/no-such-bundle: not a bundle: manifest.json is missing",
+        message: "bundle {dir}/no-such-bundle: no such directory",
     },
     BadConfig {
         file: "camera_every_nth_zero.toml",

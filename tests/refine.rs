@@ -114,6 +114,21 @@ fn refine_rewrites_stored_history_and_dry_run_writes_nothing() {
         "{}",
         stderr(&o)
     );
+    // A window with no frames at all says so (not that embeddings are missing).
+    let o = run(&[
+        "refine",
+        "--config",
+        cfg,
+        "--dry-run",
+        "--until",
+        "2000-01-01",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no frames in the window until 2000-01-01: widen --since/--until"),
+        "{}",
+        stderr(&o)
+    );
 
     std::fs::remove_file(&db).unwrap();
     let text = std::fs::read_to_string(&config)

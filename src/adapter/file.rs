@@ -41,6 +41,8 @@ pub enum AdapterError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("adapter {}: no such file (make one with `clipd train --out FILE`, or leave out --adapter / the config's `adapter` to classify zero-shot)", path.display())]
+    Missing { path: PathBuf },
     #[error("{}: not a clipd adapter file: {msg}", path.display())]
     Format { path: PathBuf, msg: String },
     #[error("{}: trained for model bundle {adapter} but the loaded bundle is {bundle}; retrain with `clipd train` for this bundle", path.display())]
@@ -57,7 +59,7 @@ impl HasExitClass for AdapterError {
     fn exit_class(&self) -> ExitClass {
         match self {
             AdapterError::Io { .. } => ExitClass::Io,
-            AdapterError::Classes { .. } => ExitClass::Usage,
+            AdapterError::Classes { .. } | AdapterError::Missing { .. } => ExitClass::Usage,
             _ => ExitClass::Model,
         }
     }
@@ -118,12 +120,27 @@ pub struct Adapter {
     pub head: Head,
     /// The shots' normalised plain-view features and labels (refinement anchors).
     pub support: Option<(Mat<f32>, Vec<usize>)>,
-    /// First 16 hex digits of the file's sha256 (empty until saved or loaded).
+    /// [`Adapter::content_id`] (empty until saved or loaded).
     pub id: String,
 }
 
 fn method_of(name: &str) -> Option<Method> {
     name.parse().ok()
+}
+
+/// A safetensors file starts with the 8-byte length of its JSON header; text (a config, a CSV)
+/// read that way is a header "too large", which names the wrong problem.
+fn not_text(bytes: &[u8]) -> Result<(), String> {
+    let head = &bytes[..bytes.len().min(64)];
+    let texty = !head.is_empty()
+        && std::str::from_utf8(head).is_ok_and(|s| {
+            s.chars()
+                .all(|c| !c.is_control() || c.is_ascii_whitespace())
+        });
+    if texty {
+        return Err("this is a text file, not a safetensors adapter (adapters are written by `clipd train --out FILE`; a configuration goes to --config)".into());
+    }
+    Ok(())
 }
 
 impl Adapter {
@@ -198,6 +215,58 @@ impl Adapter {
 
     /// The file's bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
+        let tensors = self.tensors();
+        let views: Vec<(String, TensorView)> = tensors
+            .iter()
+            .map(|(n, shape, dt, bytes)| {
+                TensorView::new(*dt, shape.clone(), bytes)
+                    .map(|v| (n.clone(), v))
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<_, _>>()?;
+        let meta = serde_json::to_string(&self.meta).map_err(|e| e.to_string())?;
+        let info = HashMap::from([(META_KEY.to_string(), meta)]);
+        safetensors::tensor::serialize(views, Some(info)).map_err(|e| e.to_string())
+    }
+
+    /// The adapter's id: a hash of what decides its predictions (method, bundle, logit scale,
+    /// classes and their prompts, hyperparameters, every tensor), so the same training on the
+    /// same shots with the same seed gives the same id; when it was made, how long it took and
+    /// its curve do not count.
+    pub fn content_id(&self) -> String {
+        let mut h = Sha256::new();
+        let mut part = |bytes: &[u8]| {
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        };
+        let m = &self.meta;
+        part(m.method.as_bytes());
+        part(m.bundle_sha256.as_bytes());
+        part(&m.logit_scale.to_le_bytes());
+        for c in &m.classes {
+            part(c.name.as_bytes());
+            for p in &c.prompts {
+                part(p.as_bytes());
+            }
+        }
+        part(
+            serde_json::to_string(&m.hyper)
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+        for (name, shape, _, bytes) in self.tensors() {
+            part(name.as_bytes());
+            for s in shape {
+                part(&(s as u64).to_le_bytes());
+            }
+            part(&bytes);
+        }
+        let hex = format!("{:x}", h.finalize());
+        hex[..16].to_string()
+    }
+
+    /// The tensors the file holds, by name, in a fixed order.
+    fn tensors(&self) -> Vec<(String, Vec<usize>, Dtype, Vec<u8>)> {
         let mut tensors: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = Vec::new();
         let f32s = |tensors: &mut Vec<_>, name: &str, m: &Mat<f32>, shape: Vec<usize>| {
             let bytes = m.data.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -254,17 +323,7 @@ impl Adapter {
                 .collect();
             tensors.push(("support.labels".into(), vec![labels.len()], Dtype::I64, l));
         }
-        let views: Vec<(String, TensorView)> = tensors
-            .iter()
-            .map(|(n, shape, dt, bytes)| {
-                TensorView::new(*dt, shape.clone(), bytes)
-                    .map(|v| (n.clone(), v))
-                    .map_err(|e| e.to_string())
-            })
-            .collect::<Result<_, _>>()?;
-        let meta = serde_json::to_string(&self.meta).map_err(|e| e.to_string())?;
-        let info = HashMap::from([(META_KEY.to_string(), meta)]);
-        safetensors::tensor::serialize(views, Some(info)).map_err(|e| e.to_string())
+        tensors
     }
 
     /// Write the file atomically (temporary file + rename) and set `id`.
@@ -277,21 +336,38 @@ impl Adapter {
             path: path.to_path_buf(),
             source,
         };
+        // A missing folder is more likely a typo than a wish: refuse rather than create it.
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io)?;
+            if !dir.is_dir() {
+                return Err(AdapterError::Io {
+                    path: path.to_path_buf(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("folder {} does not exist (create it first)", dir.display()),
+                    ),
+                });
+            }
         }
         let tmp = path.with_extension("safetensors.partial");
         std::fs::write(&tmp, &bytes).map_err(io)?;
         std::fs::rename(&tmp, path).map_err(io)?;
-        self.id = id_of(&bytes);
+        self.id = self.content_id();
         Ok(())
     }
 
     /// Read and validate an adapter file (structure and shapes; not yet the bundle).
     pub fn load(path: &Path) -> Result<Adapter, AdapterError> {
-        let bytes = std::fs::read(path).map_err(|source| AdapterError::Io {
-            path: path.to_path_buf(),
-            source,
+        let bytes = std::fs::read(path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                AdapterError::Missing {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                AdapterError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
         })?;
         Adapter::from_bytes(&bytes).map_err(|msg| AdapterError::Format {
             path: path.to_path_buf(),
@@ -300,6 +376,7 @@ impl Adapter {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Adapter, String> {
+        not_text(bytes)?;
         let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
         let meta_json = header
             .metadata()
@@ -448,13 +525,15 @@ impl Adapter {
                 Some((f, labels))
             }
         };
-        Ok(Adapter {
+        let mut adapter = Adapter {
             meta,
             text,
             head,
             support,
-            id: id_of(bytes),
-        })
+            id: String::new(),
+        };
+        adapter.id = adapter.content_id();
+        Ok(adapter)
     }
 
     pub fn method(&self) -> Option<Method> {
@@ -531,12 +610,6 @@ impl Adapter {
         }
         Ok(())
     }
-}
-
-/// An adapter's identity: the first 16 hex digits of its file's sha256.
-pub fn id_of(bytes: &[u8]) -> String {
-    let h = format!("{:x}", Sha256::digest(bytes));
-    h[..16].to_string()
 }
 
 #[cfg(test)]
@@ -620,6 +693,55 @@ mod tests {
             assert_eq!(back.meta.shots_per_class, vec![2, 2, 2]);
             back.check(&path, &b, &cs).unwrap();
         }
+    }
+
+    #[test]
+    fn the_id_depends_on_what_decides_predictions_only() {
+        let b = bundle();
+        let cs = classes(&["cat", "dog", "cup"]);
+        let (s, text) = shots(3, b.manifest.embed_dim);
+        let make = || {
+            let t = train(Method::Tip, &s, &text, 10.0, &TrainOptions::default()).unwrap();
+            Adapter::from_trained(t, &b, &cs, text.clone(), None, vec![], vec![], 0, 0)
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, mut b2) = (make(), make());
+        b2.meta.created_unix_ms += 86_400_000;
+        b2.meta.clipd_version = "0.0.0-other".into();
+        a.save(&dir.path().join("a.safetensors")).unwrap();
+        b2.save(&dir.path().join("b.safetensors")).unwrap();
+        assert_eq!(a.id, b2.id, "same training, same id");
+        assert_eq!(
+            Adapter::load(&dir.path().join("b.safetensors")).unwrap().id,
+            a.id
+        );
+        let mut c = make();
+        c.meta.classes[0].prompts = vec!["a drawing of a cat.".into()];
+        assert_ne!(c.content_id(), a.id, "other prompts, other id");
+    }
+
+    #[test]
+    fn missing_files_folders_and_text_files_are_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Adapter::load(&dir.path().join("none.safetensors")).unwrap_err();
+        assert!(matches!(e, AdapterError::Missing { .. }), "{e}");
+        assert!(e.to_string().contains("no such file"), "{e}");
+        let toml = dir.path().join("clipd.toml");
+        std::fs::write(&toml, "[[classes]]\nname = \"cat\"\n").unwrap();
+        let e = Adapter::load(&toml).unwrap_err().to_string();
+        assert!(
+            e.contains("this is a text file, not a safetensors adapter"),
+            "{e}"
+        );
+        let b = bundle();
+        let cs = classes(&["cat", "dog", "cup"]);
+        let (s, text) = shots(3, b.manifest.embed_dim);
+        let t = train(Method::Tip, &s, &text, 10.0, &TrainOptions::default()).unwrap();
+        let mut a = Adapter::from_trained(t, &b, &cs, text, None, vec![], vec![], 0, 0);
+        let nowhere = dir.path().join("no/such/dir/a.safetensors");
+        let e = a.save(&nowhere).unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
+        assert!(!dir.path().join("no").exists(), "no folder created");
     }
 
     #[test]

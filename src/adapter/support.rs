@@ -22,6 +22,8 @@ pub enum SupportError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("support folder {}: no such directory (it holds one folder of shots per class, e.g. shots/dog/1.jpg)", path.display())]
+    NoFolder { path: PathBuf },
     #[error("{}: folder {folder:?} matches no configured class; rename it to a class name or add the class to the config", path.display())]
     UnknownFolder { path: PathBuf, folder: String },
     #[error("{}: no folder for class {class:?}; add {}/ with at least one image or remove the class from the config", dir.display(), class.replace(' ', "_"))]
@@ -65,6 +67,11 @@ pub fn scan(dir: &Path, classes: &[ClassSpec]) -> Result<Vec<ClassFolder>, Suppo
         let path = path.to_path_buf();
         move |source| SupportError::Io { path, source }
     };
+    if !dir.is_dir() {
+        return Err(SupportError::NoFolder {
+            path: dir.to_path_buf(),
+        });
+    }
     let index = LabelIndex::new(classes);
     let mut found: Vec<Option<ClassFolder>> = vec![None; classes.len()];
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -247,6 +254,17 @@ mod tests {
             prompts: vec![],
             aliases: vec![],
         }
+    }
+
+    #[test]
+    fn a_missing_support_folder_is_named() {
+        let e = scan(Path::new("/no/such/shots"), &[spec("cat")]).unwrap_err();
+        assert!(matches!(e, SupportError::NoFolder { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("support folder /no/such/shots: no such directory"),
+            "{e}"
+        );
     }
 
     fn png(dir: &Path, name: &str, v: u8) {

@@ -22,13 +22,14 @@ pub struct QueryArgs {
     /// Configuration file (for its store.path).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Frames at or after this time: a duration ago (30s, 15m, 1h, 2d) or RFC 3339.
-    #[arg(long, value_name = "TIME")]
+    /// Frames at or after this time: a duration ago (30s, 15m, 1h, 2d; `-1h` reads the same)
+    /// or RFC 3339.
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
     since: Option<String>,
     /// Frames before this time (same forms as --since).
-    #[arg(long, value_name = "TIME")]
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
     until: Option<String>,
-    /// Only frames with this top-1 label.
+    /// Only frames with this top-1 label (any case: matched to the class's own spelling).
     #[arg(long)]
     label: Option<String>,
     /// Only frames whose top-1 score is at least this.
@@ -70,18 +71,22 @@ fn parse_format(s: &str) -> Result<Format, String> {
 
 /// Print frames, statistics or a summary from the history database.
 pub fn query(args: QueryArgs) -> Result<ExitCode> {
-    let db = match args.db.clone() {
-        Some(p) => p,
-        None => match load_config(args.config.as_deref())? {
-            Some(cfg) => cfg.resolve(&cfg.config.store.path),
-            None => PathBuf::from("clipd.db"),
-        },
+    // With --db alone the config is not needed (nor read: a broken ./clipd.toml stays out of it).
+    let cfg = if args.db.is_none() || args.config.is_some() {
+        load_config(args.config.as_deref())?
+    } else {
+        None
+    };
+    let db = match (&args.db, &cfg) {
+        (Some(p), _) => p.clone(),
+        (None, Some(cfg)) => cfg.resolve(&cfg.config.store.path),
+        (None, None) => PathBuf::from("clipd.db"),
     };
     if args.min_score.is_some_and(|s| !s.is_finite()) {
         return Err(UsageError("--min-score must be a number".into()).into());
     }
     let now = now_ms();
-    let filter = FrameFilter {
+    let mut filter = FrameFilter {
         since_ms: args
             .since
             .as_deref()
@@ -92,13 +97,20 @@ pub fn query(args: QueryArgs) -> Result<ExitCode> {
             .as_deref()
             .map(|s| parse_time_spec(s, now))
             .transpose()?,
-        label: args.label.clone(),
+        label: None,
         min_score: args.min_score,
         source: args.source.clone(),
         limit: (args.limit > 0).then_some(args.limit),
         include_errors: args.errors,
     };
     let store = Store::open_read_only(&db)?;
+    if let Some(label) = &args.label {
+        let known = match &cfg {
+            Some(c) => c.config.class_specs().into_iter().map(|c| c.name).collect(),
+            None => store.class_names()?,
+        };
+        filter.label = Some(resolve_label(label, &known));
+    }
     let mut out = std::io::stdout().lock();
     let written = if args.changes {
         let changes = store.state_changes(
@@ -170,4 +182,41 @@ fn write_changes(
         }
     }
     out.flush()
+}
+
+/// The class `label` names, in the class's own spelling (labels are matched without regard to
+/// case); a label that is no class is kept as written, with a note on stderr saying so.
+fn resolve_label(label: &str, known: &[String]) -> String {
+    if let Some(k) = known.iter().find(|k| k.eq_ignore_ascii_case(label.trim())) {
+        return k.clone();
+    }
+    if !known.is_empty() {
+        let list: Vec<&str> = known.iter().map(String::as_str).take(12).collect();
+        let more = if known.len() > list.len() {
+            ", …"
+        } else {
+            ""
+        };
+        eprintln!(
+            "clipd: note: {label:?} is not a configured class, so no frame is labelled with it (classes: {}{more})",
+            list.join(", ")
+        );
+    }
+    label.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve_label;
+
+    #[test]
+    fn labels_match_the_class_in_any_case() {
+        let known = vec!["dog".to_string(), "Golden Retriever".to_string()];
+        assert_eq!(resolve_label("DOG", &known), "dog");
+        assert_eq!(
+            resolve_label("golden retriever", &known),
+            "Golden Retriever"
+        );
+        assert_eq!(resolve_label("cat", &known), "cat");
+    }
 }

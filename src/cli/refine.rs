@@ -15,7 +15,7 @@ use clipd::encoder::Backend;
 use clipd::engine::Engine;
 use clipd::head::Classifier;
 use clipd::refiner::{refine, BufferedFrame, RefineConfig, RefineContext};
-use clipd::store::{now_ms, parse_time_spec, RefinementRecord, Store, StoreOptions};
+use clipd::store::{now_ms, parse_time_spec, FrameFilter, RefinementRecord, Store, StoreOptions};
 use clipd::transduct::{Method, Preset};
 
 use super::{load_config, AdapterArg, ModelArgs, UsageError};
@@ -102,8 +102,8 @@ pub fn refine_history(args: RefineArgs) -> Result<ExitCode> {
         .as_deref()
         .map(|s| parse_time_spec(s, now))
         .transpose()?;
-    let stored =
-        Store::open_read_only(&db)?.embedded_frames(since, until, args.source.as_deref())?;
+    let store = Store::open_read_only(&db)?;
+    let stored = store.embedded_frames(since, until, args.source.as_deref())?;
     let model_id = engine.bundle.model_id();
     let d = engine.bundle.manifest.embed_dim;
     let mut skipped = 0usize;
@@ -125,11 +125,49 @@ pub fn refine_history(args: RefineArgs) -> Result<ExitCode> {
         })
         .collect();
     if frames.is_empty() {
-        return Err(UsageError(format!(
-            "{}: no stored embeddings of model {model_id} match (log with store.embeddings = true; {skipped} frames of other models or classes skipped)",
-            db.display()
-        ))
-        .into());
+        // Say which it is: nothing logged in the window at all, or frames without embeddings.
+        let in_window = store
+            .summary(&FrameFilter {
+                since_ms: since,
+                until_ms: until,
+                source: args.source.clone(),
+                ..FrameFilter::default()
+            })?
+            .total;
+        let window = match (&args.since, &args.until) {
+            (None, None) => "the history".to_string(),
+            (s, u) => format!(
+                "the window{}{}",
+                s.as_ref()
+                    .map(|s| format!(" since {s}"))
+                    .unwrap_or_default(),
+                u.as_ref()
+                    .map(|u| format!(" until {u}"))
+                    .unwrap_or_default()
+            ),
+        };
+        let msg = if in_window == 0 {
+            format!(
+                "{}: no frames in {window}{}: widen --since/--until",
+                db.display(),
+                args.source
+                    .as_ref()
+                    .map(|s| format!(" from source {s:?}"))
+                    .unwrap_or_default()
+            )
+        } else if stored.is_empty() {
+            format!(
+                "{}: the {in_window} frames in {window} were logged without embeddings: set store.embeddings = true in the config so the daemon keeps them",
+                db.display()
+            )
+        } else {
+            format!(
+                "{}: none of the {} embedded frames in {window} is of model {model_id} with a configured class ({skipped} skipped): refine with the bundle and classes that logged them",
+                db.display(),
+                stored.len()
+            )
+        };
+        return Err(UsageError(msg).into());
     }
     let mut writer = if args.dry_run {
         None

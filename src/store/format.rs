@@ -283,11 +283,14 @@ pub fn write_rows<W: Write>(out: &mut W, rows: &[FrameRow], format: Format) -> i
                 )?;
             }
         }
+        // Nothing matched: say so, rather than print a header over nothing.
+        Format::Table if rows.is_empty() => writeln!(w, "0 frames")?,
         Format::Table => {
             let refined = rows.iter().any(|r| r.refined_label.is_some());
             let errors = rows.iter().any(|r| r.error.is_some());
-            let mut header = vec!["TIME", "SOURCE", "FRAME", "LABEL", "SCORE"];
-            let mut right = vec![false, false, false, false, true];
+            // The row id comes first: it names the frame for anything that refers to it later.
+            let mut header = vec!["ID", "TIME", "SOURCE", "FRAME", "LABEL", "SCORE"];
+            let mut right = vec![true, false, false, false, false, true];
             if refined {
                 header.extend(["REFINED", "R.SCORE"]);
                 right.extend([false, true]);
@@ -300,6 +303,7 @@ pub fn write_rows<W: Write>(out: &mut W, rows: &[FrameRow], format: Format) -> i
                 .iter()
                 .map(|r| {
                     let mut c = vec![
+                        r.id.to_string(),
                         format_ts_ms(r.ts_ms),
                         cell(&r.source),
                         cell(&r.frame_ref),
@@ -550,7 +554,9 @@ mod tests {
         let t = render(&[row(1, "dog", 0.875), long], Format::Table);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3);
-        assert!(lines[0].starts_with("TIME "));
+        assert!(lines[0].starts_with("ID "), "{t}");
+        assert!(lines[1].trim_start().starts_with("1 "), "{t}");
+        assert_eq!(render(&[], Format::Table), "0 frames\n");
         // Right-aligned score column: every line ends at the same width.
         assert_eq!(lines[0].len(), lines[1].len(), "{t}");
         assert_eq!(lines[1].len(), lines[2].len(), "{t}");

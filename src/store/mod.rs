@@ -1117,6 +1117,14 @@ impl Store {
     }
 
     /// The classes stored for `model_id`, by name.
+    /// Every class name any model was configured with, sorted.
+    pub fn class_names(&self) -> Result<Vec<String>, StoreError> {
+        self.conn
+            .prepare_cached("SELECT DISTINCT name FROM classes ORDER BY name")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .ctx(&self.path, "reading class names")
+    }
+
     pub fn classes(&self, model_id: &str) -> Result<Vec<ClassRecord>, StoreError> {
         let path = &self.path;
         let raw: Vec<(String, Option<String>, String, Vec<u8>)> = self

@@ -64,6 +64,11 @@ pub fn parse_time_spec(spec: &str, now_ms: i64) -> Result<i64, TimeSpecError> {
     if s.eq_ignore_ascii_case("now") {
         return Ok(now_ms);
     }
+    // `-1h` reads as "an hour ago" too (the sign the shell user typed is the direction).
+    let s = match s.strip_prefix('-') {
+        Some(d) if d.starts_with(|c: char| c.is_ascii_digit()) => d,
+        _ => s,
+    };
     let b = s.as_bytes();
     let looks_like_date = b.len() >= 10 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-';
     if !looks_like_date {
@@ -177,6 +182,12 @@ mod tests {
         }
         assert_eq!(parse_time_spec("now", NOW), Ok(NOW));
         assert_eq!(parse_time_spec(" 1h ", NOW), Ok(NOW - 3_600_000));
+        assert_eq!(
+            parse_time_spec("-1h", NOW),
+            Ok(NOW - 3_600_000),
+            "a leading minus"
+        );
+        assert!(parse_time_spec("-x", NOW).is_err());
     }
 
     #[test]
