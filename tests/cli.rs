@@ -167,6 +167,28 @@ fn history_round_trips_through_run_and_query() {
     assert_eq!(counted, n as u64);
     let csv = run(&["query", "--db", d, "--format", "csv", "--limit", "0"]);
     assert_eq!(stdout(&csv).lines().count(), n + 1);
+    // Labels match in any case; a label that is no class gets a note on stderr.
+    let upper = label.to_uppercase();
+    assert_eq!(
+        json_rows(&["query", "--db", d, "--format", "json", "--label", &upper]).len(),
+        by_label.len()
+    );
+    let o = run(&["query", "--db", d, "--label", "no-such-class"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("\"no-such-class\" is not a configured class"), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "0 frames\n", "an empty table says so");
+    // The table leads with the row id; `--since -1h` is a time, not a flag.
+    let table = run(&["query", "--db", d, "--since", "-1h", "--limit", "0"]);
+    assert!(table.status.success(), "{}", stderr(&table));
+    let text = stdout(&table);
+    let mut lines = text.lines();
+    assert!(lines.next().unwrap().starts_with("ID "), "{text}");
+    let ids: Vec<String> = all.iter().map(|r| r["id"].to_string()).collect();
+    assert_eq!(lines.count(), n, "{text}");
+    assert!(
+        text.lines().skip(1).all(|l| ids.contains(&l.split_whitespace().next().unwrap().to_string())),
+        "{text}"
+    );
     let bad = run(&["query", "--db", d, "--since", "yesterday-ish"]);
     assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
     // Query never creates a database.

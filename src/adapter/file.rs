@@ -792,6 +792,6 @@ mod tests {
         let e = Adapter::load(&path).unwrap_err().to_string();
         assert!(e.contains("clipd.adapter"), "{e}");
         let e = Adapter::load(&dir.path().join("missing.safetensors")).unwrap_err();
-        assert!(matches!(e, AdapterError::Io { .. }));
+        assert!(matches!(e, AdapterError::Missing { .. }));
     }
 }

@@ -20,7 +20,7 @@ use clipd::encoder::{
 };
 use clipd::engine::Engine;
 use clipd::head::Classifier;
-use clipd::pipeline::{self, PipelineOptions, SinkError};
+use clipd::pipeline::{self, Pipeline, PipelineOptions, SinkError};
 use clipd::preprocess::Transform;
 use clipd::source::{self, FrameSource, Next, Payload};
 use clipd::store::{BatchWriter, Store, StoreOptions, WriteOp};
@@ -497,20 +497,18 @@ fn time_pipeline(
         adapter_id: engine.adapter_id(),
     };
     let started = Instant::now();
-    let (stats, sink) = pipeline::run(
-        vec![src],
-        t.clone(),
-        enc,
-        engine.classifier(),
-        None,
-        sink,
-        PipelineOptions {
+    let (stats, sink) = Pipeline {
+        transform: t.clone(),
+        encoder: enc,
+        head: engine.classifier(),
+        labels: None,
+        options: PipelineOptions {
             keep_embeddings: false,
             policies: Vec::new(),
             ..PipelineOptions::from_config(c)
         },
-        Arc::new(AtomicBool::new(false)),
-    )?;
+    }
+    .run(vec![src], sink, Arc::new(AtomicBool::new(false)))?;
     drop(sink);
     let written = writer
         .join()

@@ -17,7 +17,7 @@ use clipd::adapter::linalg::{normalize_rows, Mat};
 use clipd::encoder::{EncoderOptions, TractImageEncoder};
 use clipd::engine::Engine;
 use clipd::head::{Classifier, ZeroShotHead};
-use clipd::pipeline::{self, FrameResult, PipelineOptions, SinkError};
+use clipd::pipeline::{self, FrameResult, Pipeline, PipelineOptions, SinkError};
 use clipd::preprocess::Transform;
 use clipd::refiner::{
     refine, BufferedFrame, RefineConfig, RefineContext, RefinerHandle, RefinerStats,
@@ -338,14 +338,12 @@ pub mod latency {
                 lanes: 1,
             },
         )?;
-        let (stats, sink) = pipeline::run(
-            vec![src],
-            Transform::from_spec(&engine.bundle.manifest.image),
-            Box::new(enc),
-            Box::new(classifier),
-            None,
-            sink,
-            PipelineOptions {
+        let (stats, sink) = Pipeline {
+            transform: Transform::from_spec(&engine.bundle.manifest.image),
+            encoder: Box::new(enc),
+            head: Box::new(classifier),
+            labels: None,
+            options: PipelineOptions {
                 // A short queue: saturated latency is measured from decode, so a long queue would
                 // only measure waiting in it.
                 queue: 2,
@@ -353,8 +351,8 @@ pub mod latency {
                 policies: Vec::new(),
                 ..PipelineOptions::from_config(c)
             },
-            Arc::new(AtomicBool::new(false)),
-        )?;
+        }
+        .run(vec![src], sink, Arc::new(AtomicBool::new(false)))?;
         let refiner = refiner.map(|r| r.finish()).unwrap_or_default();
         // Dropping the sink's sender lets the writer drain and stop.
         let LatencySink { latencies, tx, .. } = sink;

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use clipd::config::{LabelsFrom, ModelOverrides};
 use clipd::engine::Engine;
-use clipd::pipeline::{self, PipelineOptions, VecSink};
+use clipd::pipeline::{Pipeline, PipelineOptions, VecSink};
 use clipd::preprocess::Transform;
 use clipd::source::FileListSource;
 use clipd::store::{csv_field, is_broken_pipe};
@@ -85,14 +85,16 @@ pub fn classify(args: ClassifyArgs) -> Result<ExitCode> {
         policies: Vec::new(),
         ..PipelineOptions::from_config(c)
     };
-    let (_, sink) = pipeline::run(
+    let (_, sink) = Pipeline {
+        transform: Transform::from_spec(&engine.bundle.manifest.image),
+        encoder: Box::new(engine.image_encoder),
+        head: classifier,
+        labels: None,
+        options: popts,
+    }
+    .run(
         vec![Box::new(source)],
-        Transform::from_spec(&engine.bundle.manifest.image),
-        Box::new(engine.image_encoder),
-        classifier,
-        None,
         VecSink::default(),
-        popts,
         Arc::new(AtomicBool::new(false)),
     )?;
     let mut results = sink.0;

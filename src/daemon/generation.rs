@@ -12,7 +12,7 @@ use super::DaemonError;
 use crate::config::{Loaded, ModelOverrides, RefineConfig};
 use crate::engine::Engine;
 use crate::head::Classifier;
-use crate::pipeline::{self, FrameResult, Monitor, PipelineOptions, RunStats, Sink, SinkError};
+use crate::pipeline::{FrameResult, Monitor, Pipeline, PipelineOptions, RunStats, Sink, SinkError};
 use crate::preprocess::Transform;
 use crate::refiner::{self, RefineContext, RefinerHandle, RefinerMonitor, RefinerStats};
 use crate::source::{self, FrameSource};
@@ -267,16 +267,14 @@ fn serve(
         ..PipelineOptions::from_config(c)
     };
     let transform = Transform::from_spec(&engine.bundle.manifest.image);
-    let result = pipeline::run(
-        sources,
-        transform,
-        Box::new(engine.image_encoder),
-        Box::new(head),
-        Some(labels),
-        sink,
-        popts,
-        stop,
-    );
+    let result = Pipeline {
+        transform: transform,
+        encoder: Box::new(engine.image_encoder),
+        head: Box::new(head),
+        labels: Some(labels),
+        options: popts,
+    }
+    .run(sources, sink, stop);
     // The sink (and with it the channel's sender) is dropped by now, so the writer drains,
     // commits and exits.
     // The refiner's last pass goes out before its sender is dropped, so it is recorded.

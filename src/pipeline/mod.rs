@@ -14,28 +14,29 @@
 pub mod monitor;
 pub mod policy;
 pub mod queue;
+mod stages;
 
 pub use monitor::{LastLabel, Monitor, SourceMetrics};
 pub use policy::FramePolicy;
 pub use queue::Overflow;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, RecvTimeoutError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::classes::LabelIndex;
-use crate::encoder::{l2_normalize_rows, ImageEncoder};
+use crate::encoder::ImageEncoder;
 use crate::error::{ExitClass, HasExitClass};
 use crate::head::Classifier;
-use crate::preprocess::{decode_bytes, decode_file, to_rgb8, DecodeLimits, Transform};
-use crate::source::{Frame, FrameSource, Next, Payload};
+use crate::preprocess::{DecodeLimits, Transform};
+use crate::source::FrameSource;
 use crate::store::FrameRecord;
-use policy::{Admit, NoveltyGate, RateGate};
-use queue::{FrameQueue, Pushed};
+use policy::NoveltyGate;
+use queue::FrameQueue;
+use stages::{Decoded, Encoded, Job};
 
 /// Settings fixed for the pipeline's lifetime.
 #[derive(Debug, Clone)]
@@ -208,43 +209,6 @@ impl HasExitClass for PipelineError {
     }
 }
 
-struct Job {
-    seq: u64,
-    ts_ms: i64,
-    frame: Frame,
-}
-
-struct Meta {
-    /// Index of the source in the pipeline's list.
-    index: usize,
-    seq: u64,
-    ts_ms: i64,
-    source: String,
-    reference: String,
-    truth: Option<String>,
-    started: Instant,
-}
-
-enum Decoded {
-    Ok(Meta, Vec<f32>),
-    Failed(Meta, FrameFailure),
-    /// Too similar to the source's last kept frame (novelty gate).
-    Skipped(Meta),
-}
-
-enum Encoded {
-    Batch(Vec<Meta>, Vec<f32>),
-    Failed(Meta, FrameFailure),
-    Skipped(Meta),
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 fn spawn<T: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> T + Send + 'static,
@@ -255,395 +219,133 @@ fn spawn<T: Send + 'static>(
         .map_err(PipelineError::Spawn)
 }
 
-/// Run the pipeline until every source is exhausted (or `stop` is set), sending each result to
-/// `sink`. `labels` maps known labels to classes for the accuracy counts.
-#[allow(clippy::too_many_arguments)]
-pub fn run<S: Sink + 'static>(
-    sources: Vec<Box<dyn FrameSource>>,
-    transform: Transform,
-    mut encoder: Box<dyn ImageEncoder>,
-    head: Box<dyn Classifier>,
-    labels: Option<LabelIndex>,
-    mut sink: S,
-    opts: PipelineOptions,
-    stop: Arc<AtomicBool>,
-) -> Result<(RunStats, S), PipelineError> {
-    let started = Instant::now();
-    let q = opts.queue.max(1);
-    let monitor = opts.monitor.clone().unwrap_or_else(|| {
-        let names: Vec<String> = sources.iter().map(|s| s.name().to_string()).collect();
-        Monitor::new(&names)
-    });
-    let queue = Arc::new(FrameQueue::<Job>::new(q, sources.len()));
-    let (dec_tx, dec_rx) = sync_channel::<Decoded>(q);
-    let (enc_tx, enc_rx) = sync_channel::<Encoded>(q);
-    let policy_of = |i: usize| opts.policies.get(i).cloned().unwrap_or_default();
+/// A pipeline ready to run: the preprocessing, the encoder and the head, with their options.
+/// [`Pipeline::run`] starts one thread per stage (`stages.rs`) joined by bounded queues.
+pub struct Pipeline {
+    pub transform: Transform,
+    pub encoder: Box<dyn ImageEncoder>,
+    pub head: Box<dyn Classifier>,
+    /// Maps known labels to classes for the accuracy counts.
+    pub labels: Option<LabelIndex>,
+    pub options: PipelineOptions,
+}
 
-    // Sources: one thread each, sharing a sequence counter; the rate rules run here.
-    let seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut source_threads = Vec::new();
-    for (index, mut src) in sources.into_iter().enumerate() {
-        let queue = queue.clone();
-        let seq = seq.clone();
-        let stop = stop.clone();
-        let monitor = monitor.clone();
-        let policy = policy_of(index);
-        if let Some(m) = monitor.source(index) {
-            m.set_device(src.counters());
+impl Pipeline {
+    /// Run until every source is exhausted (or `stop` is set), sending each result to `sink`.
+    pub fn run<S: Sink + 'static>(
+        self,
+        sources: Vec<Box<dyn FrameSource>>,
+        sink: S,
+        stop: Arc<AtomicBool>,
+    ) -> Result<(RunStats, S), PipelineError> {
+        let Pipeline {
+            transform,
+            encoder,
+            head,
+            labels,
+            options: opts,
+        } = self;
+        let started = Instant::now();
+        let q = opts.queue.max(1);
+        let monitor = opts.monitor.clone().unwrap_or_else(|| {
+            let names: Vec<String> = sources.iter().map(|s| s.name().to_string()).collect();
+            Monitor::new(&names)
+        });
+        let queue = Arc::new(FrameQueue::<Job>::new(q, sources.len()));
+        let (dec_tx, dec_rx) = sync_channel::<Decoded>(q);
+        let (enc_tx, enc_rx) = sync_channel::<Encoded>(q);
+        let policy_of = |i: usize| opts.policies.get(i).cloned().unwrap_or_default();
+
+        // Sources: one thread each, sharing a sequence counter; the rate rules run there.
+        let seq = Arc::new(AtomicU64::new(0));
+        let n_sources = sources.len();
+        let mut source_threads = Vec::new();
+        for (index, src) in sources.into_iter().enumerate() {
+            if let Some(m) = monitor.source(index) {
+                m.set_device(src.counters());
+            }
+            let stage = stages::SourceStage {
+                index,
+                policy: policy_of(index),
+                queue: queue.clone(),
+                seq: seq.clone(),
+                stop: stop.clone(),
+                monitor: monitor.clone(),
+            };
+            source_threads.push(spawn("source", move || stage.run(src))?);
         }
-        source_threads.push(spawn("source", move || -> Result<(), PipelineError> {
-            let mut gate = RateGate::new(&policy);
-            let metrics = monitor.source(index);
-            let count = |f: fn(&SourceMetrics) -> &std::sync::atomic::AtomicU64| {
-                if let Some(m) = metrics {
-                    f(m).fetch_add(1, Ordering::Relaxed);
-                }
-            };
-            let result = loop {
-                if stop.load(Ordering::Relaxed) {
-                    break Ok(());
-                }
-                match src.next() {
-                    Ok(Next::Frame(frame)) => {
-                        count(|m| &m.delivered);
-                        match gate.admit(Instant::now()) {
-                            Admit::Yes => {}
-                            Admit::Skip => {
-                                count(|m| &m.skipped);
-                                continue;
-                            }
-                            Admit::After(d) => sleep_unless_stopped(d, &stop),
-                        }
-                        let job = Job {
-                            seq: seq.fetch_add(1, Ordering::Relaxed),
-                            ts_ms: now_ms(),
-                            frame,
-                        };
-                        match queue.push(index, job, policy.overflow) {
-                            Pushed::Queued => monitor.admitted(),
-                            // One frame out, one in: nothing changes in flight.
-                            Pushed::Evicted | Pushed::Dropped => count(|m| &m.dropped),
-                            Pushed::Closed => break Ok(()),
-                        }
-                    }
-                    Ok(Next::Wait(d)) => sleep_unless_stopped(d, &stop),
-                    Ok(Next::Done) => break Ok(()),
-                    Err(e) => {
-                        break Err(PipelineError::Source {
-                            name: src.name().to_string(),
-                            msg: e.to_string(),
-                        })
-                    }
-                }
-            };
-            queue.producer_done();
-            result
-        })?);
-    }
 
-    // Decode + preprocess workers pull from the shared queue; the novelty gates run here.
-    let gates: Arc<Vec<Option<NoveltyGate>>> = Arc::new(
-        (0..source_threads.len())
-            .map(|i| policy_of(i).novelty.map(NoveltyGate::new))
-            .collect(),
-    );
-    let mut decode_threads = Vec::new();
-    for _ in 0..opts.decode_threads.max(1) {
-        let queue = queue.clone();
-        let tx = dec_tx.clone();
-        let t = transform.clone();
-        let limits = opts.limits;
-        let gates = gates.clone();
-        decode_threads.push(spawn("decode", move || {
-            while let Some((index, job)) = queue.pop() {
-                let gate = gates.get(index).and_then(Option::as_ref);
-                if tx.send(decode_one(index, job, &t, &limits, gate)).is_err() {
-                    break;
-                }
-            }
-        })?);
-    }
-    drop(dec_tx);
-
-    // Encoder: batches of up to B frames, waiting at most `batch_timeout` to fill one.
-    let timeout = opts.batch_timeout;
-    let enc_monitor = monitor.clone();
-    let encode_thread = spawn("encode", move || {
-        let b = encoder.batch_size().max(1);
-        let d = encoder.embed_dim();
-        let per = 3 * encoder.image_size() * encoder.image_size();
-        let mut encode_time = Duration::ZERO;
-        let mut batches = 0u64;
-        let mut metas: Vec<Meta> = Vec::with_capacity(b);
-        let mut pixels: Vec<f32> = Vec::with_capacity(b * per);
-        let mut open = true;
-        while open {
-            let first = match dec_rx.recv() {
-                Ok(x) => x,
-                Err(_) => break,
+        // Decode + preprocess workers pull from the shared queue; the novelty gates run there.
+        let gates: Arc<Vec<Option<NoveltyGate>>> = Arc::new(
+            (0..n_sources)
+                .map(|i| policy_of(i).novelty.map(NoveltyGate::new))
+                .collect(),
+        );
+        let mut decode_threads = Vec::new();
+        for _ in 0..opts.decode_threads.max(1) {
+            let stage = stages::DecodeStage {
+                queue: queue.clone(),
+                out: dec_tx.clone(),
+                transform: transform.clone(),
+                limits: opts.limits,
+                gates: gates.clone(),
             };
-            let deadline = Instant::now() + timeout;
-            let mut item = Some(first);
-            loop {
-                let sent = match item.take() {
-                    Some(Decoded::Ok(m, px)) => {
-                        metas.push(m);
-                        pixels.extend_from_slice(&px);
-                        Ok(())
-                    }
-                    // Failed frames skip the encoder but keep their place in the flow.
-                    Some(Decoded::Failed(m, f)) => enc_tx.send(Encoded::Failed(m, f)),
-                    Some(Decoded::Skipped(m)) => enc_tx.send(Encoded::Skipped(m)),
-                    None => Ok(()),
-                };
-                if sent.is_err() {
-                    return (encode_time, batches);
-                }
-                if metas.len() >= b {
-                    break;
-                }
-                let wait = deadline.saturating_duration_since(Instant::now());
-                match dec_rx.recv_timeout(wait) {
-                    Ok(x) => item = Some(x),
-                    Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => {
-                        open = false;
-                        break;
-                    }
-                }
-            }
-            if metas.is_empty() {
-                continue;
-            }
-            let n = metas.len();
-            let t0 = Instant::now();
-            let result = encoder.encode(&pixels, n);
-            encode_time += t0.elapsed();
-            batches += 1;
-            enc_monitor.batches.fetch_add(1, Ordering::Relaxed);
-            pixels.clear();
-            let batch: Vec<Meta> = std::mem::take(&mut metas);
-            let msg = match result {
-                Ok(mut emb) => {
-                    l2_normalize_rows(&mut emb, d);
-                    Encoded::Batch(batch, emb)
-                }
-                Err(e) => {
-                    let reason = e.to_string();
-                    for m in batch {
-                        let f = FrameFailure {
-                            kind: "inference".into(),
-                            message: format!("{}: {reason}", m.reference),
-                        };
-                        if enc_tx.send(Encoded::Failed(m, f)).is_err() {
-                            return (encode_time, batches);
-                        }
-                    }
-                    continue;
-                }
-            };
-            if enc_tx.send(msg).is_err() {
-                break;
-            }
+            decode_threads.push(spawn("decode", move || stage.run())?);
         }
-        (encode_time, batches)
-    })?;
+        drop(dec_tx);
 
-    // Head + sink on this thread's helper: results, summary counts.
-    let keep = opts.keep_embeddings;
-    let top_k = opts.top_k.max(1);
-    let head_monitor = monitor.clone();
-    let head_thread = spawn("head", move || -> Result<(RunStats, S), SinkError> {
-        let monitor = head_monitor;
-        let mut stats = RunStats::default();
-        let d = head.dim();
-        let emit = |stats: &mut RunStats,
-                    sink: &mut S,
-                    m: Meta,
-                    outcome: Result<(Classification, Vec<usize>), FrameFailure>,
-                    emb: Option<&[f32]>|
-         -> Result<(), SinkError> {
-            stats.frames += 1;
-            let latency_us = m.started.elapsed().as_micros() as u64;
-            stats.latency_us_total += latency_us;
-            let metrics = monitor.source(m.index);
-            let outcome = match outcome {
-                Ok((c, top)) => {
-                    stats.classified += 1;
-                    if let Some(sm) = metrics {
-                        sm.classified.fetch_add(1, Ordering::Relaxed);
-                        sm.set_last(LastLabel {
-                            label: c.label.clone(),
-                            score: c.score,
-                            ts_ms: m.ts_ms,
-                        });
-                    }
-                    *stats.per_label.entry(c.label.clone()).or_default() += 1;
-                    if let Some(truth) = &m.truth {
-                        match labels.as_ref().and_then(|ix| ix.lookup(truth)) {
-                            Some(t) => {
-                                stats.labelled += 1;
-                                if top.first() == Some(&t) {
-                                    stats.correct_top1 += 1;
-                                }
-                                if top.iter().take(5).any(|&i| i == t) {
-                                    stats.correct_top5 += 1;
-                                }
-                            }
-                            None => *stats.unknown_truth.entry(truth.clone()).or_default() += 1,
-                        }
-                    }
-                    Ok(c)
-                }
-                Err(f) => {
-                    stats.failed += 1;
-                    if let Some(sm) = metrics {
-                        sm.failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    *stats.failures.entry(f.kind.clone()).or_default() += 1;
-                    Err(f)
-                }
-            };
-            monitor.finished();
-            sink.accept(FrameResult {
-                seq: m.seq,
-                ts_ms: m.ts_ms,
-                source: m.source,
-                reference: m.reference,
-                truth: m.truth,
-                outcome,
-                latency_us,
-                embedding: emb.filter(|_| keep).map(<[f32]>::to_vec),
-            })
+        // Encoder: batches of up to B frames, waiting at most `batch_timeout` to fill one.
+        let stage = stages::EncodeStage {
+            encoder,
+            input: dec_rx,
+            out: enc_tx,
+            timeout: opts.batch_timeout,
+            monitor: monitor.clone(),
         };
-        for msg in enc_rx {
-            match msg {
-                Encoded::Failed(m, f) => emit(&mut stats, &mut sink, m, Err(f), None)?,
-                Encoded::Skipped(m) => {
-                    if let Some(sm) = monitor.source(m.index) {
-                        sm.skipped.fetch_add(1, Ordering::Relaxed);
-                    }
-                    monitor.finished();
+        let encode_thread = spawn("encode", move || stage.run())?;
+
+        // Head: classification, the run's counts, and the sink.
+        let stage = stages::HeadStage {
+            head,
+            labels,
+            keep_embeddings: opts.keep_embeddings,
+            top_k: opts.top_k.max(1),
+            monitor: monitor.clone(),
+        };
+        let head_thread = spawn("head", move || stage.run(enc_rx, sink))?;
+
+        // Join in pipeline order; a failing head (sink) closes its queue, which unblocks the rest.
+        let mut source_err = None;
+        for t in source_threads {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    stop.store(true, Ordering::Relaxed);
+                    source_err.get_or_insert(e);
                 }
-                Encoded::Batch(metas, emb) => {
-                    for (m, e) in metas.into_iter().zip(emb.chunks_exact(d)) {
-                        let p = head.predict(e, top_k.max(5));
-                        let names = head.labels();
-                        let top: Vec<usize> = p.top_k.iter().map(|(i, _)| *i).collect();
-                        let c = Classification {
-                            label: names[p.class].clone(),
-                            score: p.score,
-                            top_k: p
-                                .top_k
-                                .iter()
-                                .take(top_k)
-                                .map(|(i, s)| (names[*i].clone(), *s))
-                                .collect(),
-                        };
-                        emit(&mut stats, &mut sink, m, Ok((c, top)), Some(e))?;
-                    }
-                }
+                Err(_) => return Err(PipelineError::Panic("source")),
             }
         }
+        for t in decode_threads {
+            t.join().map_err(|_| PipelineError::Panic("decode"))?;
+        }
+        let (encode_time, batches) = encode_thread
+            .join()
+            .map_err(|_| PipelineError::Panic("encode"))?;
+        let (mut stats, sink) = head_thread
+            .join()
+            .map_err(|_| PipelineError::Panic("head"))??;
+        if let Some(e) = source_err {
+            return Err(e);
+        }
+        stats.encode_time = encode_time;
+        stats.batches = batches;
+        for m in monitor.sources() {
+            stats.skipped += m.skipped.load(Ordering::Relaxed);
+            stats.dropped += m.dropped.load(Ordering::Relaxed);
+        }
+        stats.elapsed = started.elapsed();
         Ok((stats, sink))
-    })?;
-
-    // Join in pipeline order; a failing head (sink) closes its queue, which unblocks the rest.
-    let mut source_err = None;
-    for t in source_threads {
-        match t.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                stop.store(true, Ordering::Relaxed);
-                source_err.get_or_insert(e);
-            }
-            Err(_) => return Err(PipelineError::Panic("source")),
-        }
-    }
-    for t in decode_threads {
-        t.join().map_err(|_| PipelineError::Panic("decode"))?;
-    }
-    let (encode_time, batches) = encode_thread
-        .join()
-        .map_err(|_| PipelineError::Panic("encode"))?;
-    let (mut stats, sink) = head_thread
-        .join()
-        .map_err(|_| PipelineError::Panic("head"))??;
-    if let Some(e) = source_err {
-        return Err(e);
-    }
-    stats.encode_time = encode_time;
-    stats.batches = batches;
-    for m in monitor.sources() {
-        stats.skipped += m.skipped.load(Ordering::Relaxed);
-        stats.dropped += m.dropped.load(Ordering::Relaxed);
-    }
-    stats.elapsed = started.elapsed();
-    Ok((stats, sink))
-}
-
-fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
-    let end = Instant::now() + d;
-    while !stop.load(Ordering::Relaxed) {
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        thread::sleep(left.min(Duration::from_millis(50)));
-    }
-}
-
-fn decode_one(
-    index: usize,
-    job: Job,
-    t: &Transform,
-    limits: &DecodeLimits,
-    novelty: Option<&NoveltyGate>,
-) -> Decoded {
-    let started = Instant::now();
-    let Frame {
-        source,
-        reference,
-        payload,
-        truth,
-    } = job.frame;
-    let meta = Meta {
-        index,
-        seq: job.seq,
-        ts_ms: job.ts_ms,
-        source,
-        reference,
-        truth,
-        started,
-    };
-    let failure = |kind: &str, message: String| FrameFailure {
-        kind: kind.to_string(),
-        message,
-    };
-    let rgb = match &payload {
-        Payload::File(p) => decode_file(p, limits).map(to_rgb8),
-        Payload::Encoded(bytes) => {
-            decode_bytes(bytes, &PathBuf::from(&meta.reference), limits).map(to_rgb8)
-        }
-        Payload::Raw(raw) => match crate::source::convert::to_rgb(raw) {
-            Ok(rgb) => Ok(rgb),
-            Err(e) => {
-                let f = failure("decode", format!("{}: {e}", meta.reference));
-                return Decoded::Failed(meta, f);
-            }
-        },
-    };
-    match rgb {
-        Ok(rgb) if novelty.is_some_and(|g| !g.is_novel(&rgb)) => Decoded::Skipped(meta),
-        Ok(rgb) => {
-            let mut out = vec![0f32; t.len()];
-            t.apply(&rgb, &mut out);
-            Decoded::Ok(meta, out)
-        }
-        Err(e) => {
-            let f = failure(e.kind(), e.to_string());
-            Decoded::Failed(meta, f)
-        }
     }
 }
 
@@ -651,6 +353,7 @@ fn decode_one(
 mod tests {
     use super::*;
     use crate::encoder::EncoderError;
+    use crate::source::{Frame, Next, Payload};
     use std::sync::Mutex;
 
     /// Embeds an image as (mean of channel 0, 1 − that mean): bright → class 0, dark → class 1.
@@ -761,14 +464,16 @@ mod tests {
             keep_embeddings: true,
             ..Default::default()
         };
-        let (stats, sink) = run(
+        let (stats, sink) = Pipeline {
+            transform: t,
+            encoder: Box::new(enc),
+            head: Box::new(head),
+            labels: Some(LabelIndex::new(&classes)),
+            options: opts,
+        }
+        .run(
             vec![Box::new(Frames(frames))],
-            t,
-            Box::new(enc),
-            Box::new(head),
-            Some(LabelIndex::new(&classes)),
             VecSink::default(),
-            opts,
             Arc::new(AtomicBool::new(false)),
         )
         .unwrap();
