@@ -175,7 +175,11 @@ fn history_round_trips_through_run_and_query() {
     );
     let o = run(&["query", "--db", d, "--label", "no-such-class"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("\"no-such-class\" is not a configured class"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("\"no-such-class\" is not a configured class"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(stdout(&o), "0 frames\n", "an empty table says so");
     // The table leads with the row id; `--since -1h` is a time, not a flag.
     let table = run(&["query", "--db", d, "--since", "-1h", "--limit", "0"]);
@@ -186,7 +190,9 @@ fn history_round_trips_through_run_and_query() {
     let ids: Vec<String> = all.iter().map(|r| r["id"].to_string()).collect();
     assert_eq!(lines.count(), n, "{text}");
     assert!(
-        text.lines().skip(1).all(|l| ids.contains(&l.split_whitespace().next().unwrap().to_string())),
+        text.lines()
+            .skip(1)
+            .all(|l| ids.contains(&l.split_whitespace().next().unwrap().to_string())),
         "{text}"
     );
     let bad = run(&["query", "--db", d, "--since", "yesterday-ish"]);

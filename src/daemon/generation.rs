@@ -268,7 +268,7 @@ fn serve(
     };
     let transform = Transform::from_spec(&engine.bundle.manifest.image);
     let result = Pipeline {
-        transform: transform,
+        transform,
         encoder: Box::new(engine.image_encoder),
         head: Box::new(head),
         labels: Some(labels),

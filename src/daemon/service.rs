@@ -22,7 +22,7 @@ const TICK: Duration = Duration::from_millis(200);
 #[derive(Debug)]
 pub enum Outcome {
     /// The sources ended or a stop signal was served: everything queued was committed.
-    Finished(Finished),
+    Finished(Box<Finished>),
     /// A second stop signal, or a drain that overran `daemon.shutdown_timeout_secs`: the
     /// process should exit now. Committed frames are safe; frames still queued are lost.
     Abandoned(&'static str),
@@ -95,7 +95,7 @@ pub fn run(cfg: Loaded, ov: ModelOverrides, once: bool) -> Result<Outcome, Daemo
             }
         }
         if gen.is_finished() {
-            return gen.join().map(Outcome::Finished);
+            return gen.join().map(|f| Outcome::Finished(Box::new(f)));
         }
         reporter.tick(&gen.monitor, gen.store.get(), gen.refiner.get());
     }
