@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import json
 import math
@@ -41,6 +40,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tooling import sha256_file  # noqa: E402
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -199,14 +200,6 @@ def norm_code(code: str) -> str:
 
 class FetchError(Exception):
     pass
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fetch_package(name: str, cache: Path, log=print) -> Path:
